@@ -7,6 +7,9 @@ export type RxFanoutErrorCode =
   | 'RX_FANOUT_INVALID_OPTION'
   | 'RX_FANOUT_BURST_EXCEEDED'
   | 'RX_FANOUT_INVALID_COST'
+  | 'RX_FANOUT_JOB_FAILED'
+  | 'RX_FANOUT_QUEUE_OVERFLOW'
+  | 'RX_FANOUT_CANCELLED'
 
 /** A request for more tokens than the bucket can ever hold at its current burst. */
 export class BurstExceededError extends RangeError {
@@ -27,6 +30,48 @@ export class InvalidCostError extends RangeError {
   constructor(readonly cost: unknown) {
     super(`cost must return a finite number >= 0, got ${describe(cost)}`)
   }
+}
+
+/**
+ * A pool job failed (after its retries) in `'fail-fast'` mode. `cause` is the job's own
+ * error, unchanged; `job` is the job that failed.
+ */
+export class JobError<T = unknown> extends Error {
+  readonly code = 'RX_FANOUT_JOB_FAILED'
+  override readonly name = 'JobError'
+  constructor(
+    readonly job: { readonly id: number; readonly value: T },
+    override readonly cause: unknown,
+    readonly attempts: number,
+  ) {
+    super(`job ${job.id} failed after ${attempts} attempt(s): ${messageOf(cause)}`, { cause })
+  }
+}
+
+/** A push source outran the pool: more than `maxQueued` values waited for a slot. */
+export class QueueOverflowError extends Error {
+  readonly code = 'RX_FANOUT_QUEUE_OVERFLOW'
+  override readonly name = 'QueueOverflowError'
+  constructor(readonly maxQueued: number) {
+    super(`more than maxQueued (${maxQueued}) values are waiting for a slot`)
+  }
+}
+
+/**
+ * The reason a job's `signal` is aborted with: the pool stopped (unsubscribed, failed
+ * fast, aborted from outside, or drained before the job started). `cause` says why, when
+ * there is a why (the first failure, the external signal's reason).
+ */
+export class CancelledError extends Error {
+  readonly code = 'RX_FANOUT_CANCELLED'
+  override readonly name = 'AbortError'
+  constructor(message = 'the job was cancelled', cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause })
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : describe(error)
 }
 
 /** Echo a received value in an error message without throwing on exotic input. */

@@ -1,0 +1,348 @@
+import { from, type Subscriber, type Subscription } from 'rxjs'
+import { CancelledError, JobError, QueueOverflowError } from '../errors.js'
+import type { Limiter } from '../Limiter.js'
+import { PoolMetrics } from '../PoolMetrics.js'
+import { TokenBucket } from '../TokenBucket.js'
+import type { Job, ProcessFn, Result, TaskContext } from '../types.js'
+import type { ResolvedPoolOptions } from './poolOptions.js'
+import { Ring } from './Ring.js'
+import { kTakeNow } from './symbols.js'
+
+/** Where a pool's values come from: a pushed Observable or a pulled iterator. */
+export interface Feed {
+  /** A slot is free: pull a value now if you can (pull feeds; push feeds ignore it). */
+  demand(): void
+  /** Intake is over: unsubscribe, or call the iterator's `return()`. */
+  stop(): void
+}
+
+/**
+ * One subscription's worth of pool: slots, the queue of values waiting for one, and the
+ * jobs holding one. Every rule of the pool lives here; `ratePool` and `ratePoolFrom` only
+ * differ in their `Feed`.
+ */
+export class PoolRun<T, R> {
+  readonly #queue = new Ring<T>()
+  readonly #tasks = new Set<Task<T, R>>()
+  #slots = 0
+  #nextId = 0
+  #inputDone = false
+  #draining = false
+  #pumping = false
+  #again = false
+  feed: Feed | null = null
+  readonly bucket: TokenBucket | null
+  readonly metrics: PoolMetrics
+
+  constructor(
+    readonly subscriber: Subscriber<Result<T, R>>,
+    readonly process: ProcessFn<T, R>,
+    readonly options: ResolvedPoolOptions,
+    readonly limiter: Limiter | null,
+  ) {
+    this.bucket = limiter instanceof TokenBucket ? limiter : null
+    this.metrics = options.metrics ?? new PoolMetrics({ window: 1 })
+    if (limiter) this.metrics.limiter = limiter
+  }
+
+  get closed(): boolean {
+    return this.subscriber.closed
+  }
+
+  /** Whether a pull feed should produce another value now. */
+  get wantsMore(): boolean {
+    return (
+      !this.#inputDone &&
+      !this.#draining &&
+      this.#slots < this.options.concurrency &&
+      this.#queue.size === 0 &&
+      !this.subscriber.closed
+    )
+  }
+
+  /** Someone waits for a token or a slot: the limiter, not demand, sets the pace. */
+  get busy(): boolean {
+    return this.#queue.size > 0 || this.metrics.waiting > 0
+  }
+
+  /** A value arrives: start it in a free slot, or queue it. */
+  offer(value: T): void {
+    if (this.#draining || this.subscriber.closed) return
+    if (this.#slots < this.options.concurrency && this.#queue.size === 0) {
+      this.#start(value)
+      return
+    }
+    if (this.#queue.size >= this.options.maxQueued) {
+      this.fail(new QueueOverflowError(this.options.maxQueued))
+      return
+    }
+    this.#queue.push(value)
+    this.metrics.queued++
+  }
+
+  inputComplete(): void {
+    this.#inputDone = true
+    this.pump()
+  }
+
+  fail(error: unknown): void {
+    this.subscriber.error(error)
+  }
+
+  /** Stop intake; started jobs finish; the output completes after the last of them. */
+  drain(): void {
+    if (this.#draining || this.subscriber.closed) return
+    this.#draining = true
+    this.feed?.stop()
+    this.metrics.queued -= this.#queue.size
+    this.metrics.dropped += this.#queue.size
+    this.#queue.clear()
+    const reason = new CancelledError('the pool was drained before this job started')
+    for (const task of this.#tasks) {
+      if (!task.started) {
+        task.cancel(reason)
+        this.#release(task)
+        this.metrics.dropped++
+      }
+    }
+    this.pump()
+  }
+
+  /** Everything stops at once: intake, token waits, retry delays, running jobs. */
+  teardown(reason: unknown): void {
+    this.feed?.stop()
+    this.metrics.queued -= this.#queue.size
+    this.#queue.clear()
+    const tasks = [...this.#tasks]
+    this.#tasks.clear()
+    this.#slots = 0
+    for (const task of tasks) task.cancel(reason)
+  }
+
+  /** Fills free slots from the queue and the feed; completes when all is done. */
+  pump(): void {
+    // Jobs that end synchronously call back in here: loop instead of recursing.
+    if (this.#pumping) {
+      this.#again = true
+      return
+    }
+    this.#pumping = true
+    try {
+      do {
+        this.#again = false
+        const concurrency = this.options.concurrency
+        while (this.#slots < concurrency && this.#queue.size > 0 && !this.subscriber.closed) {
+          this.metrics.queued--
+          this.#start(this.#queue.shift() as T)
+        }
+        if (this.wantsMore) this.feed?.demand()
+      } while (this.#again)
+      if (
+        (this.#inputDone || this.#draining) &&
+        this.#slots === 0 &&
+        this.#queue.size === 0 &&
+        !this.subscriber.closed
+      ) {
+        this.subscriber.complete()
+      }
+    } finally {
+      this.#pumping = false
+    }
+  }
+
+  /** A job ends with a result. */
+  settle(task: Task<T, R>, result: Result<T, R>): void {
+    this.metrics.record(result.durationMs)
+    if (!result.ok) {
+      this.metrics.failed++
+      if (this.options.failFast) {
+        this.#release(task)
+        this.fail(new JobError(result.job, result.error, result.attempts))
+        return
+      }
+    } else this.metrics.succeeded++
+    this.#release(task)
+    this.subscriber.next(result)
+    this.pump()
+  }
+
+  #start(value: T): void {
+    const task = new Task<T, R>(this, { id: this.#nextId++, value })
+    this.#slots++
+    this.#tasks.add(task)
+    task.acquire()
+  }
+
+  #release(task: Task<T, R>): void {
+    if (this.#tasks.delete(task)) this.#slots--
+  }
+}
+
+/**
+ * One job in one slot: token, call, retries. It is its own `TaskContext`, so a job costs
+ * one object; its AbortController is only made if the process function reads `signal`.
+ */
+class Task<T, R> implements TaskContext<T> {
+  attempt = 0
+  started = false
+  #startedAt = 0
+  #wait: Subscription | null = null
+  #controller: AbortController | null = null
+  #cancelled: unknown = undefined
+  #isCancelled = false
+
+  constructor(
+    readonly run: PoolRun<T, R>,
+    readonly job: Job<T>,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.#controller === null) {
+      this.#controller = new AbortController()
+      if (this.#isCancelled) this.#controller.abort(this.#cancelled)
+    }
+    return this.#controller.signal
+  }
+
+  /** Slot held: take this attempt's token, then call — nothing in between. */
+  acquire(): void {
+    this.attempt++
+    const run = this.run
+    const limiter = run.limiter
+    if (limiter === null || run.bucket?.[kTakeNow](1)) {
+      this.#call()
+      return
+    }
+    run.metrics.waiting++
+    let sync = true
+    let granted = false
+    const wait = limiter.take(1).subscribe({
+      next: () => {
+        granted = true
+        if (sync) return
+        this.#wait = null
+        run.metrics.waiting--
+        this.#call()
+      },
+      error: (error: unknown) => run.fail(error),
+    })
+    sync = false
+    if (granted) {
+      run.metrics.waiting--
+      this.#call()
+    } else if (!wait.closed) this.#wait = wait
+  }
+
+  cancel(reason: unknown): void {
+    if (this.#isCancelled) return
+    this.#isCancelled = true
+    this.#cancelled = reason
+    const wait = this.#wait
+    this.#wait = null
+    // Whatever the job was doing is no longer counted: running, or waiting (token/retry).
+    if (this.#calling) {
+      this.#calling = false
+      this.run.metrics.inFlight--
+    } else if (wait !== null) this.run.metrics.waiting--
+    wait?.unsubscribe()
+    this.#controller?.abort(reason)
+  }
+
+  #calling = false
+
+  #call(): void {
+    const run = this.run
+    if (!this.started) {
+      this.started = true
+      this.#startedAt = run.options.scheduler.now()
+    }
+    this.#calling = true
+    run.metrics.inFlight++
+    let input: ReturnType<ProcessFn<T, R>>
+    try {
+      input = run.process(this.job.value, this)
+    } catch (error) {
+      this.#failed(error)
+      return
+    }
+    if (input instanceof Promise) {
+      // The common case, without an Observable around it.
+      input.then(
+        (value: R) => this.#succeeded(value),
+        (error: unknown) => this.#failed(error),
+      )
+      return
+    }
+    let last: R | undefined
+    const sub = from(input).subscribe({
+      next: (value) => {
+        last = value
+      },
+      error: (error: unknown) => this.#failed(error),
+      complete: () => this.#succeeded(last as R),
+    })
+    if (!sub.closed && this.#calling) this.#wait = sub
+  }
+
+  #succeeded(value: R): void {
+    if (this.#isCancelled || !this.#calling) return
+    this.#ended()
+    const run = this.run
+    run.options.adaptive?.onSuccess(run.busy)
+    run.settle(this, {
+      ok: true,
+      job: this.job,
+      value,
+      attempts: this.attempt,
+      durationMs: run.options.scheduler.now() - this.#startedAt,
+    })
+  }
+
+  #failed(error: unknown): void {
+    if (this.#isCancelled || !this.#calling) return
+    this.#ended()
+    const run = this.run
+    const { options, limiter } = run
+    const retryAfterMs = (error as { retryAfterMs?: unknown } | null)?.retryAfterMs
+    if (typeof retryAfterMs === 'number' && retryAfterMs > 0 && limiter?.pauseFor) {
+      // Push-back is about the downstream, not this job: everyone waits.
+      limiter.pauseFor(retryAfterMs)
+    }
+    if (options.adaptive?.isThrottle(error)) options.adaptive.onThrottle()
+    let retry = false
+    if (this.attempt < options.attempts) {
+      try {
+        retry = options.retryable(error, this.attempt)
+      } catch (thrown) {
+        error = thrown
+      }
+    }
+    if (retry) {
+      run.metrics.retried++
+      run.metrics.waiting++
+      const ceiling = Math.min(options.maxDelayMs, options.baseDelayMs * 2 ** (this.attempt - 1))
+      this.#wait = options.scheduler.schedule(
+        () => {
+          this.#wait = null
+          run.metrics.waiting--
+          this.acquire()
+        },
+        Math.floor(options.random() * ceiling),
+      )
+      return
+    }
+    run.settle(this, {
+      ok: false,
+      job: this.job,
+      error,
+      attempts: this.attempt,
+      durationMs: options.scheduler.now() - this.#startedAt,
+    })
+  }
+
+  #ended(): void {
+    this.#calling = false
+    this.#wait = null
+    this.run.metrics.inFlight--
+  }
+}

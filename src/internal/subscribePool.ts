@@ -1,0 +1,107 @@
+import { from, type Observable, type Subscriber, type TeardownLogic, take } from 'rxjs'
+import { CancelledError } from '../errors.js'
+import type { Limiter } from '../Limiter.js'
+import { TokenBucket } from '../TokenBucket.js'
+import type { ProcessFn, Result } from '../types.js'
+import { type Feed, PoolRun } from './PoolRun.js'
+import type { ResolvedPoolOptions } from './poolOptions.js'
+import { checkRate } from './validate.js'
+
+/**
+ * The body of a pool subscription: makes the limiter (following a rate stream if given
+ * one), wires drain and the external signal, opens the feed, and tears all of it down.
+ */
+export function subscribePool<T, R>(
+  subscriber: Subscriber<Result<T, R>>,
+  process: ProcessFn<T, R>,
+  options: ResolvedPoolOptions,
+  openFeed: (run: PoolRun<T, R>) => Feed,
+): TeardownLogic {
+  const finalizers: (() => void)[] = []
+  let run: PoolRun<T, R> | null = null
+  let drainRequested = false
+  // Why the jobs still running are cancelled, as their signals' reason.
+  let stopReason: unknown = new CancelledError('the pool was unsubscribed')
+
+  const fail = (error: unknown, reason: unknown) => {
+    if (subscriber.closed) return
+    stopReason = reason
+    subscriber.error(error)
+  }
+
+  const start = (limiter: Limiter | null) => {
+    const current = new PoolRun(subscriber, process, options, limiter)
+    current.fail = (error) =>
+      fail(error, new CancelledError('the pool stopped: another job or the source failed', error))
+    run = current
+    current.feed = openFeed(current)
+    if (drainRequested) current.drain()
+    else current.pump()
+  }
+
+  const signal = options.signal
+  if (signal) {
+    const onAbort = () => fail(signal.reason, signal.reason)
+    if (signal.aborted) {
+      onAbort()
+      return
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+    finalizers.push(() => signal.removeEventListener('abort', onAbort))
+  }
+
+  const drain = options.drain
+  if (drain !== null) {
+    const onDrain = () => {
+      drainRequested = true
+      run?.drain()
+    }
+    if (typeof AbortSignal !== 'undefined' && drain instanceof AbortSignal) {
+      if (drain.aborted) drainRequested = true
+      else {
+        drain.addEventListener('abort', onDrain, { once: true })
+        finalizers.push(() => drain.removeEventListener('abort', onDrain))
+      }
+    } else {
+      const sub = from(drain as Observable<unknown>)
+        .pipe(take(1))
+        .subscribe({
+          next: onDrain,
+          error: (error: unknown) => fail(error, error),
+        })
+      finalizers.push(() => sub.unsubscribe())
+    }
+  }
+
+  if (options.limiter !== null) start(options.limiter)
+  else if (typeof options.rate === 'number') {
+    const { rate, burst, scheduler } = options
+    start(rate === Number.POSITIVE_INFINITY ? null : new TokenBucket({ rate, burst, scheduler }))
+  } else {
+    // A rate stream: intake starts with its first value; later values re-plan waiters.
+    let bucket: TokenBucket | null = null
+    const sub = options.rate.subscribe({
+      next: (value) => {
+        let rate: number
+        try {
+          rate = checkRate('limiter.rate', value, false)
+        } catch (error) {
+          fail(error, error)
+          return
+        }
+        if (bucket) bucket.setRate(rate)
+        else {
+          bucket = new TokenBucket({ rate, burst: options.burst, scheduler: options.scheduler })
+          start(bucket)
+        }
+      },
+      error: (error: unknown) => fail(error, error),
+    })
+    finalizers.push(() => sub.unsubscribe())
+  }
+
+  return () => {
+    for (const finalize of finalizers) finalize()
+    run?.teardown(stopReason)
+  }
+}
