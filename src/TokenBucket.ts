@@ -267,16 +267,12 @@ export class TokenBucket implements Limiter {
 
   // ── internals ─────────────────────────────────────────────────────────────────────
 
-  // Tokens at `at` without changing state. An `at` before the last update adds nothing.
+  // Tokens at `at` without changing state. An `at` before the last update adds nothing;
+  // the cap applies on every read, so a lowered burst takes effect at once.
   #advance(at: number): number {
-    const tokens = this.#tokens
-    let elapsed = at - this.#last
-    if (!(elapsed > 0)) return tokens
-    // Cap the elapsed time at what fills the bucket, so a very old `last` cannot overflow.
-    const fill = durationFromTokens(this.#burst - tokens, this.#rate)
-    if (elapsed > fill) elapsed = fill
-    const next = tokens + tokensFromDuration(elapsed, this.#rate)
-    return next > this.#burst ? this.#burst : next
+    const elapsed = at - this.#last
+    const tokens = this.#tokens + (elapsed > 0 ? tokensFromDuration(elapsed, this.#rate) : 0)
+    return tokens > this.#burst ? this.#burst : tokens
   }
 
   #settle(at: number): void {
@@ -303,7 +299,10 @@ export class TokenBucket implements Limiter {
 
   // Go's CancelAt.
   #cancel(at: number, n: number, timeToAct: number, rateThen: number): void {
-    if (this.#rate === Number.POSITIVE_INFINITY || n === 0 || timeToAct < at) return
+    // A reservation made at rate Infinity took no tokens, so it has none to give back
+    // (Go would restore them, letting the bucket grant more than its burst).
+    if (this.#rate === Number.POSITIVE_INFINITY || rateThen === Number.POSITIVE_INFINITY) return
+    if (n === 0 || timeToAct < at) return
     // Tokens reserved after this reservation were planned on top of it: keep those.
     const restore = n - tokensFromDuration(this.#lastEvent - timeToAct, rateThen)
     if (restore <= 0) return
@@ -339,6 +338,8 @@ export class TokenBucket implements Limiter {
 
   // Serves every waiter that is due, then aims one timer at the head's due instant.
   #plan(): void {
+    // Nobody waits and no timer runs: nothing to plan, and no reason to read the clock.
+    if (this.#waiters.size === 0 && this.#timer === null) return
     // Granting runs user code, which may take, give up or change the rate: let the
     // outermost call loop instead of recursing.
     if (this.#planning) {
