@@ -1,4 +1,4 @@
-import { from, type Subscriber, type Subscription } from 'rxjs'
+import { finalize, from, type Subscriber, type Subscription } from 'rxjs'
 import { CancelledError, JobError, QueueOverflowError } from '../errors.js'
 import type { Limiter } from '../Limiter.js'
 import { PoolMetrics } from '../PoolMetrics.js'
@@ -273,14 +273,30 @@ class Task<T, R> implements TaskContext<T> {
       )
       return
     }
+    // The job ends once its Observable is torn down, not when it signals the end: the
+    // next job must not start while this one still holds its resources.
     let last: R | undefined
-    const sub = from(input).subscribe({
-      next: (value) => {
-        last = value
-      },
-      error: (error: unknown) => this.#failed(error),
-      complete: () => this.#succeeded(last as R),
-    })
+    let outcome: 'ok' | 'error' | null = null
+    let failure: unknown
+    const sub = from(input)
+      .pipe(
+        finalize(() => {
+          if (outcome === 'ok') this.#succeeded(last as R)
+          else if (outcome === 'error') this.#failed(failure)
+        }),
+      )
+      .subscribe({
+        next: (value) => {
+          last = value
+        },
+        error: (error: unknown) => {
+          outcome = 'error'
+          failure = error
+        },
+        complete: () => {
+          outcome = 'ok'
+        },
+      })
     if (!sub.closed && this.#calling) this.#wait = sub
   }
 
