@@ -98,7 +98,9 @@ async function poolDemo(): Promise<void> {
       next: (r) => {
         count++
         const t = String(clock() - t0).padStart(5)
-        console.log(`  ${t} ms  job ${r.job.id} ${r.ok ? `ok: ${r.value}` : `failed: ${String(r.error)}`}`)
+        console.log(
+          `  ${t} ms  job ${r.job.id} ${r.ok ? `ok: ${r.value}` : `failed: ${String(r.error)}`}`,
+        )
       },
       error: reject,
       complete: () => resolve(count),
