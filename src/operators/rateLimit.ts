@@ -30,10 +30,9 @@ export interface RateLimitOptions<T> {
  * given a `Limiter`, every subscription shares it.
  *
  * ```
- * rateLimit({ rate: 10, burst: 2 })      (1 frame = 1 ms)
- * source:  (abcd)-------------------------------|
- * result:  (ab)-----  100ms  c  100ms  d---------|
- *           burst     refill   refill
+ * rateLimit({ rate: 10, burst: 2 })                 1 char = 10 ms
+ * source:  (abcd|)
+ * result:  (ab)------c---------(d|)     a, b at 0 (burst); c at 100 ms; d at 200 ms
  * ```
  *
  * ```ts

@@ -16,10 +16,10 @@ import type { PoolOptions, ProcessFn, Result } from '../types.js'
  *
  * ```
  * ratePool(work, { concurrency: 2, limiter: { rate: 10, burst: 2 } })
- *   (work takes 50 ms; 1 frame = 10 ms)
- * source:  (abc)------------|
- * starts:  a b---------c
- * result:  -----(AB)--------C|     A, B at 50 ms; c waits for a token until 100 ms
+ * work takes 50 ms                                  1 char = 10 ms
+ * source:  (abc|)
+ * starts:  (ab)------c              c: slot at 50 ms, token at 100 ms
+ * result:  -----(AB)------(C|)      A, B at 50 ms; C at 150 ms, then complete
  * ```
  *
  * ```ts
