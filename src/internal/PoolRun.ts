@@ -10,6 +10,8 @@ import { kTakeNow } from './symbols.js'
 
 /** Where a pool's values come from: a pushed Observable or a pulled iterator. */
 export interface Feed {
+  /** Begin intake (a push feed subscribes here, once the run can stop it). */
+  start?(): void
   /** A slot is free: pull a value now if you can (pull feeds; push feeds ignore it). */
   demand(): void
   /** Intake is over: unsubscribe, or call the iterator's `return()`. */

@@ -1,4 +1,4 @@
-import { from, type Observable, type Subscriber, type TeardownLogic, take } from 'rxjs'
+import { from, type Observable, type Subscriber, take } from 'rxjs'
 import { CancelledError } from '../errors.js'
 import type { Limiter } from '../Limiter.js'
 import { TokenBucket } from '../TokenBucket.js'
@@ -16,12 +16,14 @@ export function subscribePool<T, R>(
   process: ProcessFn<T, R>,
   options: ResolvedPoolOptions,
   openFeed: (run: PoolRun<T, R>) => Feed,
-): TeardownLogic {
-  const finalizers: (() => void)[] = []
+): void {
   let run: PoolRun<T, R> | null = null
   let drainRequested = false
   // Why the jobs still running are cancelled, as their signals' reason.
   let stopReason: unknown = new CancelledError('the pool was unsubscribed')
+  // Added first, so that an error raised while still subscribing tears down at once.
+  // Later finalizers go through subscriber.add too: it runs them at once if closed.
+  subscriber.add(() => run?.teardown(stopReason))
 
   const fail = (error: unknown, reason: unknown) => {
     if (subscriber.closed) return
@@ -34,9 +36,16 @@ export function subscribePool<T, R>(
     current.fail = (error) =>
       fail(error, new CancelledError('the pool stopped: another job or the source failed', error))
     run = current
+    if (drainRequested) {
+      // Drained before intake began: nothing is taken in, the output just completes.
+      current.drain()
+      return
+    }
+    // The feed is in place before it starts, so a synchronous source that fails a job
+    // midway is stopped midway.
     current.feed = openFeed(current)
-    if (drainRequested) current.drain()
-    else current.pump()
+    current.feed.start?.()
+    current.pump()
   }
 
   const signal = options.signal
@@ -47,7 +56,7 @@ export function subscribePool<T, R>(
       return
     }
     signal.addEventListener('abort', onAbort, { once: true })
-    finalizers.push(() => signal.removeEventListener('abort', onAbort))
+    subscriber.add(() => signal.removeEventListener('abort', onAbort))
   }
 
   const drain = options.drain
@@ -60,7 +69,7 @@ export function subscribePool<T, R>(
       if (drain.aborted) drainRequested = true
       else {
         drain.addEventListener('abort', onDrain, { once: true })
-        finalizers.push(() => drain.removeEventListener('abort', onDrain))
+        subscriber.add(() => drain.removeEventListener('abort', onDrain))
       }
     } else {
       const sub = from(drain as Observable<unknown>)
@@ -69,7 +78,7 @@ export function subscribePool<T, R>(
           next: onDrain,
           error: (error: unknown) => fail(error, error),
         })
-      finalizers.push(() => sub.unsubscribe())
+      subscriber.add(sub)
     }
   }
 
@@ -97,11 +106,6 @@ export function subscribePool<T, R>(
       },
       error: (error: unknown) => fail(error, error),
     })
-    finalizers.push(() => sub.unsubscribe())
-  }
-
-  return () => {
-    for (const finalize of finalizers) finalize()
-    run?.teardown(stopReason)
+    subscriber.add(sub)
   }
 }

@@ -51,12 +51,16 @@ export function ratePool<T, R>(
       subscribePool(subscriber, process, resolved, (run) => {
         // takeUntil so that stopping works even while a synchronous source is emitting.
         const stop = new Subject<void>()
-        source.pipe(takeUntil(stop)).subscribe({
-          next: (value) => run.offer(value),
-          error: (error: unknown) => run.fail(error),
-          complete: () => run.inputComplete(),
-        })
-        return { demand() {}, stop: () => stop.next() }
+        return {
+          start: () =>
+            source.pipe(takeUntil(stop)).subscribe({
+              next: (value) => run.offer(value),
+              error: (error: unknown) => run.fail(error),
+              complete: () => run.inputComplete(),
+            }),
+          demand() {},
+          stop: () => stop.next(),
+        }
       }),
     )
 }
