@@ -1,0 +1,42 @@
+/**
+ * Summarises a V8 `.cpuprofile` (from `node --cpu-prof`): self time per function, the
+ * heaviest first. `run.ts --cpu-prof` prints this for every profile a child wrote.
+ */
+import { readFileSync } from 'node:fs'
+
+interface ProfileNode {
+  id: number
+  callFrame: { functionName: string; url: string; lineNumber: number }
+}
+
+interface Profile {
+  nodes: ProfileNode[]
+  samples: number[]
+  timeDeltas: number[]
+}
+
+export function summarize(file: string, top = 15): string {
+  const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]))
+  const selfUs = new Map<string, number>()
+  let totalUs = 0
+  profile.samples.forEach((id, i) => {
+    const dt = profile.timeDeltas[i] ?? 0
+    totalUs += dt
+    const frame = byId.get(id)?.callFrame
+    if (!frame) return
+    const where = frame.url
+      ? `${frame.url.split('/').slice(-2).join('/')}:${frame.lineNumber + 1}`
+      : ''
+    const key = `${frame.functionName || '(anonymous)'} ${where}`.trim()
+    selfUs.set(key, (selfUs.get(key) ?? 0) + dt)
+  })
+  const lines = [...selfUs]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(
+      ([key, us]) =>
+        `${(us / 1000).toFixed(1).padStart(8)} ms ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${key}`,
+    )
+  return [`${file} (${(totalUs / 1000).toFixed(0)} ms sampled)`, ...lines].join('\n')
+}
