@@ -358,9 +358,13 @@ export class TokenBucket implements Limiter {
   }
 
   #serve(): void {
-    const now = this.#scheduler.now()
+    const scheduler = this.#scheduler
     const waiters = this.#waiters
-    for (let node = waiters.head; node !== null; node = waiters.head) {
+    let now = scheduler.now()
+    for (let node = waiters.head; node !== null; node = waiters.head, now = scheduler.now()) {
+      // The clock is read again for each waiter: the previous grant ran user code, which
+      // may have taken tokens at a later instant; granting at a stale one would move the
+      // last update back in time and count that stretch twice.
       const { n, subscriber } = node.value
       if (this.#rate !== Number.POSITIVE_INFINITY && n > this.#burst) {
         waiters.remove(node)

@@ -18,6 +18,7 @@ export { type BucketConfig, isLimiter, type Limiter } from './Limiter.js'
 export { type RateLimitOptions, rateLimit } from './operators/rateLimit.js'
 export { ratePool } from './operators/ratePool.js'
 export { PoolMetrics, type PoolMetricsOptions, type PoolSnapshot } from './PoolMetrics.js'
+export { preciseScheduler } from './preciseScheduler.js'
 export { ratePoolFrom } from './ratePoolFrom.js'
 export { every, type Reservation, TokenBucket, type TokenBucketOptions } from './TokenBucket.js'
 export type {
