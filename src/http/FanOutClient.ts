@@ -1,0 +1,457 @@
+import type { Logger } from 'pino'
+import {
+  asyncScheduler,
+  catchError,
+  EMPTY,
+  map,
+  Observable,
+  type SchedulerLike,
+  throwError,
+} from 'rxjs'
+import { type Dispatcher, Pool } from 'undici'
+import { Aimd, type AimdOptions } from '../aimd.js'
+import { JobError } from '../errors.js'
+import { checkInteger, checkRate, invalidOption } from '../internal/validate.js'
+import type { Limiter } from '../Limiter.js'
+import { ratePoolFrom } from '../ratePoolFrom.js'
+import { TokenBucket } from '../TokenBucket.js'
+import type { Result, TaskContext } from '../types.js'
+import {
+  BodyTooLargeError,
+  ClientClosedError,
+  HttpStatusError,
+  type Id,
+  isRetryableHttpError,
+  RequestError,
+} from './errors.js'
+import { type Headers, parseRateLimitHeaders, parseRetryAfter } from './headers.js'
+
+export interface FanOutRetryOptions {
+  /** Attempts in all, the first included. Default 3. */
+  attempts?: number
+  /** Backoff ceiling before the first retry, doubling after. Default 100 ms. */
+  baseDelayMs?: number
+  /** Largest backoff ceiling. Default 5000 ms. */
+  maxDelayMs?: number
+  /** Longest Retry-After honoured. Default 60 000 ms. */
+  maxRetryAfterMs?: number
+}
+
+export interface FanOutClientOptions {
+  /** Origin (and optional base path) of the API, e.g. `'http://127.0.0.1:8080'`. */
+  baseUrl: string
+  /** Path template with `{id}` (URL-encoded in), or a function of the id. Default `'/users/{id}/widgets'`. */
+  path?: string | ((id: Id) => string)
+  /** Requests per second. Default 10. Ignored when `limiter` is given. */
+  rate?: number
+  /** Burst. Default 20. Ignored when `limiter` is given. */
+  burst?: number
+  /** Requests in flight at once (and connections). Default 8. */
+  maxInFlight?: number
+  /** A shared limiter (e.g. a Redis-backed one); overrides `rate`/`burst`. */
+  limiter?: Limiter
+  /** Connect, headers and body timeouts, each. Default 10 000 ms. */
+  timeoutMs?: number
+  /** Largest body read. Default 1 MiB. */
+  maxBodyBytes?: number
+  retry?: FanOutRetryOptions
+  /** A pino logger; the client is silent without one. */
+  logger?: Logger
+  /** Use this dispatcher instead of the client's own `Pool` (it is not closed by the client). */
+  dispatcher?: Dispatcher
+  /** Extra request headers. */
+  headers?: Record<string, string>
+  /** Adapt the rate with AIMD between `min` and the configured rate. */
+  adaptive?: Omit<AimdOptions, 'max' | 'scheduler'> & { max?: number }
+  /** Clock and timers. Default `asyncScheduler`. */
+  scheduler?: SchedulerLike
+}
+
+/** One fetched resource. */
+export interface Fetched {
+  id: Id
+  status: number
+  body: Uint8Array
+  attempts: number
+  latencyMs: number
+}
+
+export interface FetchOptions {
+  /** Aborting rejects with the signal's reason and cancels everything. */
+  signal?: AbortSignal
+}
+
+export interface FetchEachOptions extends FetchOptions {
+  /** `'fail-fast'` (default) or `'collect'` (failures become `{ ok: false }` results). */
+  errors?: 'fail-fast' | 'collect'
+  /** Graceful stop: when it emits (or aborts), no new id is requested; running ones finish. */
+  drain?: ObservableInput<unknown> | AbortSignal
+}
+
+const EXCERPT_BYTES = 256
+
+function encodeId(id: Id): string {
+  // Dots too: an id of '..' must not climb out of the template.
+  return encodeURIComponent(String(id)).replace(/\./g, '%2E')
+}
+
+/**
+ * Fetches one resource per id from a rate-limited API: `rate` requests/s with bursts of
+ * `burst`, at most `maxInFlight` at once, over one undici `Pool`. On the first failure
+ * (after retries) everything stops at once — ids not yet requested are never requested,
+ * requests in flight are aborted (their sockets closed) — and `fetchAll` rejects with
+ * that failure.
+ *
+ * ```ts
+ * import { FanOutClient } from 'rx-fanout/http'
+ *
+ * const client = new FanOutClient({ baseUrl: 'http://127.0.0.1:8080' })
+ * const widgets = await client.fetchAll([1, 2, 3]) // Map<id, Uint8Array>
+ * await client.close()
+ * ```
+ */
+export class FanOutClient {
+  readonly #origin: string
+  readonly #basePath: string
+  readonly #path: string | ((id: Id) => string)
+  readonly #maxInFlight: number
+  readonly #timeoutMs: number
+  readonly #maxBodyBytes: number
+  readonly #attempts: number
+  readonly #baseDelayMs: number
+  readonly #maxDelayMs: number
+  readonly #maxRetryAfterMs: number
+  readonly #headers: Record<string, string>
+  readonly #limiter: Limiter
+  readonly #configuredRate: number | undefined
+  readonly #adaptive: Aimd | null
+  readonly #dispatcher: Dispatcher
+  readonly #ownsDispatcher: boolean
+  readonly #log: Logger | null
+  readonly #scheduler: SchedulerLike
+  readonly #active = new Set<AbortController>()
+  readonly #idle: (() => void)[] = []
+  #closed = false
+
+  constructor(options: FanOutClientOptions) {
+    if (typeof options !== 'object' || options === null) {
+      throw invalidOption(TypeError, 'options', 'an object { baseUrl, … }', options)
+    }
+    let url: URL
+    try {
+      url = new URL(options.baseUrl)
+    } catch {
+      throw invalidOption(TypeError, 'baseUrl', 'an absolute http(s) URL', options.baseUrl)
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw invalidOption(TypeError, 'baseUrl', 'an absolute http(s) URL', options.baseUrl)
+    }
+    this.#origin = url.origin
+    this.#basePath = url.pathname.replace(/\/$/, '')
+    const path = options.path ?? '/users/{id}/widgets'
+    if (typeof path === 'string' ? !path.includes('{id}') : typeof path !== 'function') {
+      throw invalidOption(TypeError, 'path', "a template with '{id}' or a function", path)
+    }
+    this.#path = path
+    this.#maxInFlight = checkInteger('maxInFlight', options.maxInFlight ?? 8, 1)
+    this.#timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 10_000, 1)
+    this.#maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 1 << 20, 0)
+    const retry = options.retry ?? {}
+    this.#attempts = checkInteger('retry.attempts', retry.attempts ?? 3, 1)
+    this.#baseDelayMs = checkInteger('retry.baseDelayMs', retry.baseDelayMs ?? 100, 0)
+    this.#maxDelayMs = checkInteger('retry.maxDelayMs', retry.maxDelayMs ?? 5000, 0)
+    this.#maxRetryAfterMs = checkInteger(
+      'retry.maxRetryAfterMs',
+      retry.maxRetryAfterMs ?? 60_000,
+      0,
+    )
+    this.#headers = { ...options.headers }
+    this.#scheduler = options.scheduler ?? asyncScheduler
+
+    if (options.limiter !== undefined) {
+      if (typeof options.limiter?.take !== 'function') {
+        throw invalidOption(TypeError, 'limiter', 'a Limiter', options.limiter)
+      }
+      this.#limiter = options.limiter
+      this.#configuredRate = options.limiter.rate
+    } else {
+      const rate = checkRate('rate', options.rate ?? 10, false)
+      const burst = checkInteger('burst', options.burst ?? 20, 1)
+      this.#limiter = new TokenBucket({ rate, burst, scheduler: this.#scheduler })
+      this.#configuredRate = rate
+    }
+    this.#adaptive = null
+    if (options.adaptive) {
+      const limiter = this.#limiter
+      if (typeof limiter.setRate !== 'function' || typeof limiter.rate !== 'number') {
+        throw invalidOption(TypeError, 'adaptive', 'a limiter with rate and setRate()', limiter)
+      }
+      this.#adaptive = new Aimd(limiter as Limiter & { rate: number; setRate(r: number): void }, {
+        ...options.adaptive,
+        max: options.adaptive.max ?? limiter.rate,
+        scheduler: this.#scheduler,
+      })
+    }
+
+    if (options.dispatcher !== undefined) {
+      if (typeof options.dispatcher?.request !== 'function') {
+        throw invalidOption(TypeError, 'dispatcher', 'an undici Dispatcher', options.dispatcher)
+      }
+      this.#dispatcher = options.dispatcher
+      this.#ownsDispatcher = false
+    } else {
+      this.#dispatcher = new Pool(this.#origin, {
+        connections: this.#maxInFlight,
+        pipelining: 1,
+        connectTimeout: this.#timeoutMs,
+        headersTimeout: this.#timeoutMs,
+        bodyTimeout: this.#timeoutMs,
+        keepAliveTimeout: 4_000,
+      })
+      this.#ownsDispatcher = true
+    }
+    this.#log = options.logger ? options.logger.child({ component: 'rx-fanout' }) : null
+  }
+
+  /** The limiter every request takes its token from. */
+  get limiter(): Limiter {
+    return this.#limiter
+  }
+
+  /** Decisions of the adaptive rate control, when `adaptive` is on. */
+  get adaptive(): Aimd | null {
+    return this.#adaptive
+  }
+
+  /**
+   * Fetches every id (duplicates once) and resolves to a Map of id → body. Rejects with
+   * the first failure (not a sibling's AbortError), or with `signal.reason`.
+   */
+  fetchAll(ids: readonly Id[], options: FetchOptions = {}): Promise<Map<Id, Uint8Array>> {
+    return new Promise((resolve, reject) => {
+      const out = new Map<Id, Uint8Array>()
+      this.fetchAll$(ids, options).subscribe({
+        next: (r) => out.set(r.id, r.body),
+        error: reject,
+        complete: () => resolve(out),
+      })
+    })
+  }
+
+  /** `fetchAll` as an Observable of each fetched resource, in completion order. */
+  fetchAll$(ids: readonly Id[], options: FetchOptions = {}): Observable<Fetched> {
+    return this.fetchEach$(ids, options).pipe(
+      map((r) => (r as Extract<Result<Id, Fetched>, { ok: true }>).value),
+    )
+  }
+
+  /** Every id's `Result`; with `errors: 'collect'` failures are results, not the end. */
+  fetchEach$(ids: readonly Id[], options: FetchEachOptions = {}): Observable<Result<Id, Fetched>> {
+    const unique = this.#checkIds(ids)
+    const { signal, errors = 'fail-fast', drain } = options
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw invalidOption(TypeError, 'signal', 'an AbortSignal', signal)
+    }
+    return new Observable<Result<Id, Fetched>>((subscriber) => {
+      if (this.#closed) {
+        subscriber.error(new ClientClosedError())
+        return
+      }
+      if (unique.length === 0) return EMPTY.subscribe(subscriber)
+      // One controller per call, so that destroy() can stop every call at once.
+      const controller = new AbortController()
+      const forward = () => controller.abort(signal?.reason)
+      if (signal?.aborted) forward()
+      else signal?.addEventListener('abort', forward, { once: true })
+      this.#active.add(controller)
+      const sub = ratePoolFrom(unique, (id, ctx) => this.#fetchOne(id, ctx), {
+        concurrency: this.#maxInFlight,
+        limiter: this.#limiter,
+        errors,
+        retry: {
+          attempts: this.#attempts,
+          baseDelayMs: this.#baseDelayMs,
+          maxDelayMs: Math.max(this.#baseDelayMs, this.#maxDelayMs),
+          retryable: isRetryableHttpError,
+        },
+        signal: controller.signal,
+        ...(drain !== undefined ? { drain } : {}),
+        ...(this.#adaptive ? { adaptive: this.#adaptive } : {}),
+        scheduler: this.#scheduler,
+      })
+        .pipe(
+          // The caller wants the failure itself, with its id and status, not the wrapper.
+          catchError((error: unknown) =>
+            throwError(() => (error instanceof JobError ? error.cause : error)),
+          ),
+        )
+        .subscribe(subscriber)
+      return () => {
+        sub.unsubscribe()
+        signal?.removeEventListener('abort', forward)
+        this.#active.delete(controller)
+        if (this.#active.size === 0) for (const done of this.#idle.splice(0)) done()
+      }
+    })
+  }
+
+  /** Takes no new fetch, lets the running ones finish, then closes the connections. */
+  async close(): Promise<void> {
+    this.#closed = true
+    if (this.#active.size > 0) await new Promise<void>((resolve) => this.#idle.push(resolve))
+    if (this.#ownsDispatcher) await this.#dispatcher.close()
+  }
+
+  /** Takes no new fetch, aborts the running ones (and their sockets) now. */
+  async destroy(): Promise<void> {
+    this.#closed = true
+    const reason = new ClientClosedError('the FanOutClient was destroyed')
+    for (const controller of [...this.#active]) controller.abort(reason)
+    if (this.#ownsDispatcher) await this.#dispatcher.destroy(reason)
+  }
+
+  #checkIds(ids: readonly Id[]): Id[] {
+    if (!Array.isArray(ids)) throw invalidOption(TypeError, 'ids', 'an array of ids', ids)
+    const unique = new Set<Id>()
+    for (const id of ids) {
+      const ok =
+        (typeof id === 'number' && Number.isSafeInteger(id)) ||
+        (typeof id === 'string' && id.length > 0)
+      if (!ok) throw invalidOption(TypeError, 'ids[]', 'an integer or a non-empty string', id)
+      unique.add(id)
+    }
+    return [...unique]
+  }
+
+  #pathFor(id: Id): string {
+    const path = this.#path
+    const tail = typeof path === 'function' ? path(id) : path.replaceAll('{id}', encodeId(id))
+    return this.#basePath + (tail.startsWith('/') ? tail : `/${tail}`)
+  }
+
+  async #fetchOne(id: Id, ctx: TaskContext<Id>): Promise<Fetched> {
+    const { attempt, signal } = ctx
+    const started = this.#scheduler.now()
+    let status = 0
+    try {
+      let response: Dispatcher.ResponseData
+      try {
+        response = await this.#dispatcher.request({
+          origin: this.#origin,
+          path: this.#pathFor(id),
+          method: 'GET',
+          headers: this.#headers,
+          signal,
+          headersTimeout: this.#timeoutMs,
+          bodyTimeout: this.#timeoutMs,
+        })
+      } catch (error) {
+        throw signal.aborted ? error : new RequestError(id, attempt, error)
+      }
+      status = response.statusCode
+      this.#heed(response.headers as Headers)
+      if (status < 200 || status >= 300) {
+        const excerpt = await this.#excerpt(response.body)
+        const retryAfterMs =
+          status === 429 || status === 503
+            ? parseRetryAfter(
+                response.headers['retry-after'],
+                this.#scheduler.now(),
+                this.#maxRetryAfterMs,
+              )
+            : undefined
+        throw new HttpStatusError({ status, id, attempt, excerpt, retryAfterMs })
+      }
+      const body = await this.#read(response, id, attempt)
+      const latencyMs = this.#scheduler.now() - started
+      if (this.#log?.isLevelEnabled('debug')) {
+        this.#log.debug({ userId: id, attempt, latencyMs, status }, 'fetched')
+      }
+      return { id, status, body, attempts: attempt, latencyMs }
+    } catch (error) {
+      this.#logFailure(error, id, attempt, status, started, signal)
+      throw error
+    }
+  }
+
+  // Adapt to what the server says of its quota: never above the configured rate.
+  #heed(headers: Headers): void {
+    if (!headers.ratelimit && !headers['ratelimit-policy'] && !headers['x-ratelimit-remaining'])
+      return
+    const quota = parseRateLimitHeaders(headers, this.#scheduler.now())
+    const limiter = this.#limiter
+    if (quota.rate !== undefined && limiter.setRate && limiter.rate !== undefined) {
+      const target = Math.min(quota.rate, this.#configuredRate ?? quota.rate)
+      if (target < limiter.rate) {
+        limiter.setRate(target)
+        this.#log?.warn({ rate: target }, 'server declared a lower quota; rate lowered')
+      }
+    }
+    if (quota.exhaustedForMs !== undefined && limiter.pauseFor) {
+      limiter.pauseFor(Math.min(quota.exhaustedForMs, this.#maxRetryAfterMs))
+    }
+  }
+
+  async #excerpt(body: Dispatcher.ResponseData['body']): Promise<string> {
+    const chunks: Buffer[] = []
+    let size = 0
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        chunks.push(chunk)
+        size += chunk.length
+        if (size >= EXCERPT_BYTES) break
+      }
+    } catch {
+      // The status is the error; an unreadable error body adds nothing.
+    } finally {
+      // Breaking out of the loop destroys the stream: the rest is never held.
+      body.destroy()
+    }
+    return Buffer.concat(chunks).subarray(0, EXCERPT_BYTES).toString('utf8')
+  }
+
+  async #read(response: Dispatcher.ResponseData, id: Id, attempt: number): Promise<Uint8Array> {
+    const { body, headers } = response
+    const max = this.#maxBodyBytes
+    const declared = Number(headers['content-length'])
+    if (declared > max) {
+      body.destroy()
+      throw new BodyTooLargeError(id, attempt, max)
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      size += chunk.length
+      if (size > max) {
+        body.destroy()
+        throw new BodyTooLargeError(id, attempt, max)
+      }
+      chunks.push(chunk)
+    }
+    return new Uint8Array(Buffer.concat(chunks, size))
+  }
+
+  #logFailure(
+    error: unknown,
+    id: Id,
+    attempt: number,
+    status: number,
+    started: number,
+    signal: AbortSignal,
+  ): void {
+    const log = this.#log
+    if (log === null || signal.aborted) return
+    const willRetry = attempt < this.#attempts && isRetryableHttpError(error)
+    const level = willRetry ? 'warn' : 'error'
+    if (!log.isLevelEnabled(level)) return
+    const fields = {
+      userId: id,
+      attempt,
+      latencyMs: this.#scheduler.now() - started,
+      ...(status ? { status } : {}),
+      err: error,
+    }
+    if (willRetry) log.warn(fields, 'retrying')
+    else log.error(fields, 'failed')
+  }
+}
