@@ -1333,6 +1333,61 @@ describe('ratePool', () => {
         expectSubscriptions(inner.subscriptions).toBe('^ 9ms !')
       })
     })
+
+    it('{ rate: Observable } erroring errors the pool with that error', () => {
+      const testScheduler = createScheduler()
+      const rateFailed = new Error('no rate')
+      testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+        const rate = cold('    a 9ms #', { a: 10 }, rateFailed)
+        const source = cold('  a      ')
+        const inner = cold('   1000ms x|')
+        const out = source.pipe(
+          ratePool(() => inner, { concurrency: 1, limiter: { rate, burst: 1 } }),
+        )
+        expectObservable(out).toBe('10ms #', undefined, rateFailed)
+        expectSubscriptions(source.subscriptions).toBe('^ 9ms !')
+        expectSubscriptions(inner.subscriptions).toBe('^ 9ms !')
+      })
+    })
+
+    // BUG (src/internal/subscribePool.ts, the rate-stream branch: it has an error handler
+    // but no complete handler): a rate stream that completes before its first value leaves
+    // the pool waiting for a rate that can never come. The source is never subscribed and
+    // the output neither errors nor completes: a silent hang. Expected: the output ends
+    // (an error such as a RangeError on limiter.rate is the natural choice).
+    it.fails('{ rate: Observable } completing without a value ends the output', () => {
+      const testScheduler = createScheduler()
+      let ended = false
+      testScheduler.run(({ cold }) => {
+        const rate = cold<number>('--|')
+        cold('a|')
+          .pipe(ratePool(() => of(1), { concurrency: 1, limiter: { rate, burst: 1 } }))
+          .subscribe({
+            error: () => (ended = true),
+            complete: () => (ended = true),
+          })
+      })
+      expect(ended).toBe(true)
+    })
+
+    // BUG (src/internal/subscribePool.ts, onDrain: with no run yet it only sets
+    // drainRequested, which start() reads when the first rate arrives): a drain before the
+    // first rate value completes the output only when that rate comes — never, if it never
+    // does. Nothing has started, so there is nothing to finish: expected, complete at the
+    // drain's frame (the source is never subscribed either way).
+    it.fails('a drain before the first rate value completes the output at once', () => {
+      const testScheduler = createScheduler()
+      testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+        const rate = cold('    ----a', { a: 10 })
+        const drain = cold('   -x   ')
+        const source = cold('  (abc|)')
+        const out = source.pipe(
+          ratePool(() => of(1), { concurrency: 1, limiter: { rate, burst: 1 }, drain }),
+        )
+        expectObservable(out).toBe('-|')
+        expectSubscriptions(source.subscriptions).toBe([])
+      })
+    })
   })
 
   describe('metrics', () => {

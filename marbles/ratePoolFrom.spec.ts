@@ -519,6 +519,35 @@ describe('ratePoolFrom (async iterables, real time)', () => {
     expect(finallyRan).toBe(true)
   })
 
+  it('never: an iterator that never answers keeps the output silent; unsubscribing calls return()', async () => {
+    let nexts = 0
+    let returns = 0
+    const source: AsyncIterable<number> = {
+      [Symbol.asyncIterator]: () => ({
+        next: () => {
+          nexts++
+          return new Promise<IteratorResult<number>>(() => {})
+        },
+        return: async () => {
+          returns++
+          return { done: true, value: undefined }
+        },
+      }),
+    }
+    const seen: unknown[] = []
+    const sub = ratePoolFrom(source, async (i) => i, { concurrency: 2 }).subscribe({
+      next: (r) => seen.push(r),
+      error: (e: unknown) => seen.push(e),
+      complete: () => seen.push('complete'),
+    })
+    await tick(5)
+    expect(seen).toEqual([])
+    // One next() at a time, however many slots are free.
+    expect(nexts).toBe(1)
+    sub.unsubscribe()
+    expect(returns).toBe(1)
+  })
+
   it('an async next() that rejects errors the output with that error', async () => {
     const broken = new Error('next() rejected')
     async function* values() {
