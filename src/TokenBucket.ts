@@ -171,6 +171,8 @@ export class TokenBucket implements Limiter {
     checkRate('rate', rate, true)
     this.#settle(at)
     this.#rate = rate
+    // From Infinity back to a finite rate, the burst applies to waiters again.
+    this.#rejectOversized()
     this.#plan()
   }
 
@@ -179,6 +181,7 @@ export class TokenBucket implements Limiter {
     checkInteger('burst', burst, 0)
     this.#settle(at)
     this.#burst = burst
+    this.#rejectOversized()
     this.#plan()
   }
 
@@ -393,6 +396,21 @@ export class TokenBucket implements Limiter {
       this.#timerAt = Number.NaN
       this.#plan()
     }, delay)
+  }
+
+  // Waiters that now ask for more than the burst can never be served: tell them at once,
+  // wherever they stand in the queue.
+  #rejectOversized(): void {
+    if (this.#rate === Number.POSITIVE_INFINITY) return
+    for (let node = this.#waiters.head; node !== null; ) {
+      const next = node.next
+      const { n, subscriber } = node.value
+      if (n > this.#burst) {
+        this.#waiters.remove(node)
+        subscriber.error(new BurstExceededError(n, this.#burst))
+      }
+      node = next
+    }
   }
 
   #stopTimer(): void {

@@ -39,19 +39,24 @@ const TIMEOUT_CODES = new Set([
 
 /** The default push-back classifier: 429/503, timeouts, or a Retry-After. */
 export function isThrottleError(error: unknown): boolean {
-  if (typeof error !== 'object' || error === null) return false
-  const e = error as {
-    status?: unknown
-    statusCode?: unknown
-    code?: unknown
-    retryAfterMs?: unknown
-    cause?: unknown
+  // Walk the `cause` chain, at most a few links deep: chains can be cyclic.
+  let current = error
+  for (let depth = 0; depth < 8; depth++) {
+    if (typeof current !== 'object' || current === null) return false
+    const e = current as {
+      status?: unknown
+      statusCode?: unknown
+      code?: unknown
+      retryAfterMs?: unknown
+      cause?: unknown
+    }
+    const status = e.status ?? e.statusCode
+    if (status === 429 || status === 503) return true
+    if (typeof e.code === 'string' && TIMEOUT_CODES.has(e.code)) return true
+    if (typeof e.retryAfterMs === 'number') return true
+    current = e.cause
   }
-  const status = e.status ?? e.statusCode
-  if (status === 429 || status === 503) return true
-  if (typeof e.code === 'string' && TIMEOUT_CODES.has(e.code)) return true
-  if (typeof e.retryAfterMs === 'number') return true
-  return e.cause !== undefined && e.cause !== error && isThrottleError(e.cause)
+  return false
 }
 
 /**

@@ -39,9 +39,13 @@ export class InvalidCostError extends RangeError {
 export class JobError<T = unknown> extends Error {
   readonly code = 'RX_FANOUT_JOB_FAILED'
   override readonly name = 'JobError'
+  // Set by Error itself from `{ cause }`: own and not enumerable, as for any Error. A class
+  // field would redefine it as enumerable, and the suite saw JobErrors differ in that
+  // from run to run; leaving it to Error makes every JobError alike.
+  declare readonly cause: unknown
   constructor(
     readonly job: { readonly id: number; readonly value: T },
-    override readonly cause: unknown,
+    cause: unknown,
     readonly attempts: number,
   ) {
     super(`job ${job.id} failed after ${attempts} attempt(s): ${messageOf(cause)}`, { cause })

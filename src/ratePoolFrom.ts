@@ -97,7 +97,11 @@ function pullAsync<T>(iterator: AsyncIterator<T>, run: PoolRun<T, unknown>): Fee
       }
       next.then((step) => {
         pending = false
-        if (done) return
+        if (done) {
+          // Pulled just before a drain: taken from the source but never started.
+          if (!step.done && !run.closed) run.metrics.dropped++
+          return
+        }
         if (step.done) {
           done = true
           run.inputComplete()

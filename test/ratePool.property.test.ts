@@ -25,8 +25,8 @@
  * (f) nothing dangles: once the output completes, errors or is unsubscribed, the
  *     TestScheduler has no pending action and a shared bucket has no waiter.
  *
- * One known bug is tolerated, narrowly and by name (TOLERATE_CALL_DURING_TEARDOWN), and
- * pinned by the `it.fails` reproductions at the end of the file.
+ * The reproductions at the end pin a bug these properties found (a process call during
+ * teardown), since fixed.
  */
 import fc from 'fast-check'
 import {
@@ -322,36 +322,9 @@ function expectEnvelope(trace: Trace, s: Scenario): void {
   expect(envelopeViolation(times, s.rate, s.burst)).toBeNull()
 }
 
-/**
- * KNOWN BUG (see the `it.fails` under 'known bugs' below): when the pool is torn down
- * (fail-fast error, unsubscribe) at an instant where a token is due but the bucket's
- * timer has not fired yet, giving up one job's token wait makes the bucket grant the
- * next waiter of the same pool at once, and that job's process function is called while
- * the pool is being torn down — and cancelled right after. The properties tolerate
- * exactly that and nothing more: a call made after the end but inside the teardown, at the
- * end's frame, whose inner was torn down by that same teardown with its signal aborted.
- * Set this to false once the bug is fixed.
- */
-const TOLERATE_CALL_DURING_TEARDOWN = true
-
-/** Process calls made after the output ended, but for the known bug above. */
+/** Process calls made after the given event (by sequence number). */
 function callsAfter(trace: Trace, seq: number): Call[] {
-  const end = trace.end as NonNullable<Trace['end']>
-  const tornDown = trace.tornDownSeq ?? Number.POSITIVE_INFINITY
-  return trace.calls.filter(
-    (call) =>
-      call.seq > seq &&
-      !(
-        TOLERATE_CALL_DURING_TEARDOWN &&
-        end.kind !== 'complete' &&
-        call.seq > end.seq &&
-        call.seq < tornDown &&
-        call.at === end.at &&
-        call.endedAt === end.at &&
-        (call.endedSeq as number) < tornDown &&
-        call.signal.aborted
-      ),
-  )
+  return trace.calls.filter((call) => call.seq > seq)
 }
 
 function expectNothingDangles(trace: Trace, s: Scenario): void {
@@ -558,20 +531,18 @@ describe('ratePool properties (virtual time)', () => {
 })
 
 /**
- * Minimal reproductions of a bug in `PoolRun.teardown` / `Task.acquire`: they state the
- * contract and fail today. When one passes, drop its `.fails` (and, once all do, set
- * TOLERATE_CALL_DURING_TEARDOWN to false).
+ * Regressions for a bug found by the properties above, fixed in `PoolRun` (waits are now
+ * given up newest first, and a grant to a job being cancelled starts nothing).
  *
  * Three jobs, concurrency 3, rate 10/s, burst 1: job 0 takes the one token at 0; jobs 1
  * and 2 hold slots and wait for tokens, job 1 first (due at 100). At frame 100 the pool
  * stops (job 0 fails, or the output is unsubscribed) before the bucket's timer for 100
- * fires. Teardown cancels job 1's wait first; the bucket then serves its next waiter at
- * once, job 2, whose token is due — so job 2's process function is called, after the
- * error/unsubscribe, and a token is taken from the (possibly shared) bucket by a pool that
- * no longer exists. Drain has the same cascade (`PoolRun.drain` cancels the unstarted jobs
- * one by one): job 2 starts after the drain was requested, and runs to the end.
+ * fires. Teardown used to cancel job 1's wait first; the bucket then served its next waiter
+ * at once, job 2, whose token was due — so job 2's process function was called after the
+ * error/unsubscribe, and a token was taken from the (possibly shared) bucket by a pool that
+ * no longer existed. Drain had the same cascade.
  */
-describe('known bugs', () => {
+describe('teardown gives up token waits without serving its own jobs', () => {
   const stopAt100 = (mode: 'fail-fast' | 'unsubscribe' | 'drain') => {
     const scheduler = new TestScheduler(() => {})
     const log: string[] = []
@@ -606,17 +577,16 @@ describe('known bugs', () => {
     return { log, bucket }
   }
 
-  it.fails('fail-fast: no process function is called after the error (rule 2)', () => {
+  it('fail-fast: no process function is called after the error (rule 2)', () => {
     expect(stopAt100('fail-fast').log).toEqual(['call 0 @0', 'error @100'])
   })
 
-  it.fails('unsubscribe: no process function is called after unsubscribing', () => {
+  it('unsubscribe: no process function is called after unsubscribing', () => {
     expect(stopAt100('unsubscribe').log).toEqual(['call 0 @0', 'unsubscribe @100'])
   })
 
-  it.fails('drain: a job still waiting for its token when drain is requested never starts', () => {
-    // Job 0 ends at 100 too, just after the drain. Today the log also has 'call 2 @100',
-    // and the output completes at 600 after 'result 2 @600' (job 1 dropped, job 2 run).
+  it('drain: a job still waiting for its token when drain is requested never starts', () => {
+    // Job 0 ends at 100 too, just after the drain; jobs 1 and 2 never started: dropped.
     expect(stopAt100('drain').log).toEqual([
       'call 0 @0',
       'drain @100',
@@ -625,7 +595,7 @@ describe('known bugs', () => {
     ])
   })
 
-  it.fails('unsubscribe: a shared bucket keeps the tokens of the waits it gave up', () => {
+  it('unsubscribe: a shared bucket keeps the tokens of the waits it gave up', () => {
     const { bucket } = stopAt100('unsubscribe')
     // Only job 0's token was used (at 0); by 100 the bucket is full again.
     expect(bucket.waiting).toBe(0)

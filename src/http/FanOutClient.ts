@@ -5,6 +5,7 @@ import {
   EMPTY,
   map,
   Observable,
+  type ObservableInput,
   type SchedulerLike,
   throwError,
 } from 'rxjs'

@@ -45,10 +45,12 @@ export class BodyTooLargeError extends Error {
 export class RequestError extends Error {
   readonly code = 'RX_FANOUT_REQUEST_FAILED'
   override readonly name = 'RequestError'
+  // Set by Error from `{ cause }`: own, not enumerable (see JobError).
+  declare readonly cause: unknown
   constructor(
     readonly id: Id,
     readonly attempt: number,
-    override readonly cause: unknown,
+    cause: unknown,
   ) {
     const reason = (cause as { code?: unknown })?.code ?? (cause as Error)?.message ?? cause
     super(`GET for id ${String(id)} failed (attempt ${attempt}): ${String(reason)}`, { cause })

@@ -1,4 +1,11 @@
-import { finalize, from, type Subscriber, type Subscription } from 'rxjs'
+import {
+  finalize,
+  from,
+  type Observable,
+  type ObservableInput,
+  type Subscriber,
+  type Subscription,
+} from 'rxjs'
 import { CancelledError, JobError, QueueOverflowError } from '../errors.js'
 import type { Limiter } from '../Limiter.js'
 import { PoolMetrics } from '../PoolMetrics.js'
@@ -62,9 +69,12 @@ export class PoolRun<T, R> {
     )
   }
 
+  /** Jobs waiting for a token (not for a retry delay). */
+  tokenWaits = 0
+
   /** Someone waits for a token or a slot: the limiter, not demand, sets the pace. */
   get busy(): boolean {
-    return this.#queue.size > 0 || this.metrics.waiting > 0
+    return this.#queue.size > 0 || this.tokenWaits > 0
   }
 
   /** A value arrives: start it in a free slot, or queue it. */
@@ -99,14 +109,10 @@ export class PoolRun<T, R> {
     this.metrics.queued -= this.#queue.size
     this.metrics.dropped += this.#queue.size
     this.#queue.clear()
-    const reason = new CancelledError('the pool was drained before this job started')
-    for (const task of this.#tasks) {
-      if (!task.started) {
-        task.cancel(reason)
-        this.#release(task)
-        this.metrics.dropped++
-      }
-    }
+    const unstarted = [...this.#tasks].filter((task) => !task.started)
+    for (const task of unstarted) this.#release(task)
+    this.metrics.dropped += unstarted.length
+    cancelAll(unstarted, new CancelledError('the pool was drained before this job started'))
     this.pump()
   }
 
@@ -118,7 +124,7 @@ export class PoolRun<T, R> {
     const tasks = [...this.#tasks]
     this.#tasks.clear()
     this.#slots = 0
-    for (const task of tasks) task.cancel(reason)
+    cancelAll(tasks, reason)
   }
 
   /** Fills free slots from the queue and the feed; completes when all is done. */
@@ -180,6 +186,21 @@ export class PoolRun<T, R> {
   }
 }
 
+// Orders token requests across every pool, so that waits can be given up newest first.
+let takeCount = 0
+
+/**
+ * Cancels jobs, giving up their token waits newest first: giving up the oldest first would
+ * let the bucket serve the next of them in that very moment — a process call after the
+ * stop, and a token lost. Newest first, each leaving waiter is behind the others, except
+ * the last, whose departure lets the bucket serve someone else's waiter, as it should.
+ */
+function cancelAll<T, R>(tasks: Task<T, R>[], reason: unknown): void {
+  for (const task of tasks) task.cancelling = true
+  tasks.sort((a, b) => b.takeSeq - a.takeSeq)
+  for (const task of tasks) task.cancel(reason)
+}
+
 /**
  * One job in one slot: token, call, retries. It is its own `TaskContext`, so a job costs
  * one object; its AbortController is only made if the process function reads `signal`.
@@ -187,6 +208,10 @@ export class PoolRun<T, R> {
 class Task<T, R> implements TaskContext<T> {
   attempt = 0
   started = false
+  /** When this job last asked the limiter for a token (0: never). */
+  takeSeq = 0
+  /** Set for every job of a teardown before any is cancelled: no grant may start one. */
+  cancelling = false
   #startedAt = 0
   #wait: Subscription | null = null
   #controller: AbortController | null = null
@@ -216,14 +241,19 @@ class Task<T, R> implements TaskContext<T> {
       return
     }
     run.metrics.waiting++
+    run.tokenWaits++
+    this.#inTokenWait = true
     let sync = true
     let granted = false
+    this.takeSeq = ++takeCount
     const wait = limiter.take(1).subscribe({
       next: () => {
         granted = true
-        if (sync) return
+        if (sync || this.cancelling || this.#isCancelled) return
         this.#wait = null
         run.metrics.waiting--
+        run.tokenWaits--
+        this.#inTokenWait = false
         this.#call()
       },
       error: (error: unknown) => run.fail(error),
@@ -231,6 +261,8 @@ class Task<T, R> implements TaskContext<T> {
     sync = false
     if (granted) {
       run.metrics.waiting--
+      run.tokenWaits--
+      this.#inTokenWait = false
       this.#call()
     } else if (!wait.closed) this.#wait = wait
   }
@@ -246,11 +278,16 @@ class Task<T, R> implements TaskContext<T> {
       this.#calling = false
       this.run.metrics.inFlight--
     } else if (wait !== null) this.run.metrics.waiting--
+    if (this.#inTokenWait) {
+      this.#inTokenWait = false
+      this.run.tokenWaits--
+    }
     wait?.unsubscribe()
     this.#controller?.abort(reason)
   }
 
   #calling = false
+  #inTokenWait = false
 
   #call(): void {
     const run = this.run
@@ -260,19 +297,22 @@ class Task<T, R> implements TaskContext<T> {
     }
     this.#calling = true
     run.metrics.inFlight++
-    let input: ReturnType<ProcessFn<T, R>>
+    let input: ObservableInput<R>
+    let source: Observable<R>
     try {
       input = run.process(this.job.value, this)
+      if (input instanceof Promise) {
+        // The common case, without an Observable around it.
+        input.then(
+          (value: R) => this.#succeeded(value),
+          (error: unknown) => this.#failed(error),
+        )
+        return
+      }
+      // Inside the try: a process that returns no ObservableInput fails its job.
+      source = from(input)
     } catch (error) {
       this.#failed(error)
-      return
-    }
-    if (input instanceof Promise) {
-      // The common case, without an Observable around it.
-      input.then(
-        (value: R) => this.#succeeded(value),
-        (error: unknown) => this.#failed(error),
-      )
       return
     }
     // The job ends once its Observable is torn down, not when it signals the end: the
@@ -280,7 +320,7 @@ class Task<T, R> implements TaskContext<T> {
     let last: R | undefined
     let outcome: 'ok' | 'error' | null = null
     let failure: unknown
-    const sub = from(input)
+    const sub = source
       .pipe(
         finalize(() => {
           if (outcome === 'ok') this.#succeeded(last as R)
@@ -321,32 +361,33 @@ class Task<T, R> implements TaskContext<T> {
     this.#ended()
     const run = this.run
     const { options, limiter } = run
-    const retryAfterMs = (error as { retryAfterMs?: unknown } | null)?.retryAfterMs
-    if (typeof retryAfterMs === 'number' && retryAfterMs > 0 && limiter?.pauseFor) {
-      // Push-back is about the downstream, not this job: everyone waits.
-      limiter.pauseFor(retryAfterMs)
-    }
-    if (options.adaptive?.isThrottle(error)) options.adaptive.onThrottle()
+    const retryAfter = (error as { retryAfterMs?: unknown } | null)?.retryAfterMs
+    const retryAfterMs = typeof retryAfter === 'number' && retryAfter > 0 ? retryAfter : 0
+    // Push-back is about the downstream, not this job: everyone waits.
+    if (retryAfterMs > 0) limiter?.pauseFor?.(retryAfterMs)
     let retry = false
-    if (this.attempt < options.attempts) {
-      try {
-        retry = options.retryable(error, this.attempt)
-      } catch (thrown) {
-        error = thrown
+    let delay = 0
+    try {
+      if (options.adaptive?.isThrottle(error)) options.adaptive.onThrottle()
+      if (this.attempt < options.attempts && options.retryable(error, this.attempt)) {
+        const ceiling = Math.min(options.maxDelayMs, options.baseDelayMs * 2 ** (this.attempt - 1))
+        // Never sooner than the server asked, with or without a limiter to pause.
+        delay = Math.max(Math.floor(options.random() * ceiling), Math.ceil(retryAfterMs))
+        retry = true
       }
+    } catch (thrown) {
+      // A user callback (retryable, random, isThrottle) threw: that ends the job, with it.
+      error = thrown
+      retry = false
     }
     if (retry) {
       run.metrics.retried++
       run.metrics.waiting++
-      const ceiling = Math.min(options.maxDelayMs, options.baseDelayMs * 2 ** (this.attempt - 1))
-      this.#wait = options.scheduler.schedule(
-        () => {
-          this.#wait = null
-          run.metrics.waiting--
-          this.acquire()
-        },
-        Math.floor(options.random() * ceiling),
-      )
+      this.#wait = options.scheduler.schedule(() => {
+        this.#wait = null
+        run.metrics.waiting--
+        this.acquire()
+      }, delay)
       return
     }
     run.settle(this, {

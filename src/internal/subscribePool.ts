@@ -5,7 +5,7 @@ import { TokenBucket } from '../TokenBucket.js'
 import type { ProcessFn, Result } from '../types.js'
 import { type Feed, PoolRun } from './PoolRun.js'
 import type { ResolvedPoolOptions } from './poolOptions.js'
-import { checkRate } from './validate.js'
+import { checkRate, invalidOption } from './validate.js'
 
 /**
  * The body of a pool subscription: makes the limiter (following a rate stream if given
@@ -32,6 +32,7 @@ export function subscribePool<T, R>(
   }
 
   const start = (limiter: Limiter | null) => {
+    if (subscriber.closed) return
     const current = new PoolRun(subscriber, process, options, limiter)
     current.fail = (error) =>
       fail(error, new CancelledError('the pool stopped: another job or the source failed', error))
@@ -63,7 +64,9 @@ export function subscribePool<T, R>(
   if (drain !== null) {
     const onDrain = () => {
       drainRequested = true
-      run?.drain()
+      if (run) run.drain()
+      // Still waiting for the first rate: nothing was taken in, so there is nothing to finish.
+      else subscriber.complete()
     }
     if (typeof AbortSignal !== 'undefined' && drain instanceof AbortSignal) {
       if (drain.aborted) drainRequested = true
@@ -105,6 +108,17 @@ export function subscribePool<T, R>(
         }
       },
       error: (error: unknown) => fail(error, error),
+      complete: () => {
+        if (bucket === null) {
+          const error = invalidOption(
+            TypeError,
+            'limiter.rate',
+            'a stream that emits a rate',
+            'a stream that completed empty',
+          )
+          fail(error, error)
+        }
+      },
     })
     subscriber.add(sub)
   }
