@@ -17,6 +17,7 @@ export {
 export { type BucketConfig, isLimiter, type Limiter } from './Limiter.js'
 export { type RateLimitOptions, rateLimit } from './operators/rateLimit.js'
 export { ratePool } from './operators/ratePool.js'
+export { isPermits, type Permits, type Release } from './Permits.js'
 export { PoolMetrics, type PoolMetricsOptions, type PoolSnapshot } from './PoolMetrics.js'
 export { preciseScheduler } from './preciseScheduler.js'
 export { ratePoolFrom } from './ratePoolFrom.js'

@@ -1,6 +1,7 @@
 import type { Observable, ObservableInput, SchedulerLike } from 'rxjs'
 import type { Aimd } from './aimd.js'
 import type { Limiter } from './Limiter.js'
+import type { Permits } from './Permits.js'
 import type { PoolMetrics } from './PoolMetrics.js'
 
 /** A value in the pool, numbered in arrival order from 0. */
@@ -50,6 +51,9 @@ export interface PoolOptions {
   concurrency: number
   /** Token source for job starts (and every retry). Default: no rate limit. */
   limiter?: Limiter | PoolLimiterConfig
+  /** A shared cap beside `concurrency` (e.g. `RedisSemaphore`): a job holds one of its
+   * permits from after its slot until its result, across retries. */
+  permits?: Permits
   /** `'fail-fast'` (default): the first failure errors the output and stops everything.
    * `'collect'`: failures are `{ ok: false }` results and the pool goes on. */
   errors?: 'fail-fast' | 'collect'

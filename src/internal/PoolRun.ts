@@ -8,6 +8,7 @@ import {
 } from 'rxjs'
 import { CancelledError, JobError, QueueOverflowError } from '../errors.js'
 import type { Limiter } from '../Limiter.js'
+import type { Release } from '../Permits.js'
 import { PoolMetrics } from '../PoolMetrics.js'
 import { TokenBucket } from '../TokenBucket.js'
 import type { Job, ProcessFn, Result, TaskContext } from '../types.js'
@@ -160,6 +161,7 @@ export class PoolRun<T, R> {
 
   /** A job ends with a result. */
   settle(task: Task<T, R>, result: Result<T, R>): void {
+    task.releasePermit()
     this.metrics.record(result.durationMs)
     if (!result.ok) {
       this.metrics.failed++
@@ -231,8 +233,49 @@ class Task<T, R> implements TaskContext<T> {
     return this.#controller.signal
   }
 
-  /** Slot held: take this attempt's token, then call — nothing in between. */
+  /** Slot held: a shared permit (once per job), this attempt's token, then the call. */
   acquire(): void {
+    const permits = this.run.options.permits
+    if (permits === null || this.#release !== null) {
+      this.#acquireToken()
+      return
+    }
+    const run = this.run
+    run.metrics.waiting++
+    let sync = true
+    let granted: Release | null = null
+    const wait = permits.acquire().subscribe({
+      next: (release) => {
+        if (sync) {
+          granted = release
+          return
+        }
+        this.#wait = null
+        run.metrics.waiting--
+        if (this.cancelling || this.#isCancelled) release()
+        else {
+          this.#release = release
+          this.#acquireToken()
+        }
+      },
+      error: (error: unknown) => run.fail(error),
+    })
+    sync = false
+    if (granted !== null) {
+      run.metrics.waiting--
+      this.#release = granted
+      this.#acquireToken()
+    } else if (!wait.closed) this.#wait = wait
+  }
+
+  /** Gives the shared permit back, if the job holds one. */
+  releasePermit(): void {
+    const release = this.#release
+    this.#release = null
+    release?.()
+  }
+
+  #acquireToken(): void {
     this.attempt++
     const run = this.run
     const limiter = run.limiter
@@ -283,11 +326,13 @@ class Task<T, R> implements TaskContext<T> {
       this.run.tokenWaits--
     }
     wait?.unsubscribe()
+    this.releasePermit()
     this.#controller?.abort(reason)
   }
 
   #calling = false
   #inTokenWait = false
+  #release: Release | null = null
 
   #call(): void {
     const run = this.run

@@ -7,6 +7,7 @@ import {
 } from 'rxjs'
 import type { Aimd } from '../aimd.js'
 import { isLimiter, type Limiter } from '../Limiter.js'
+import { isPermits, type Permits } from '../Permits.js'
 import { PoolMetrics } from '../PoolMetrics.js'
 import type { PoolOptions } from '../types.js'
 import { checkInteger, checkRate, invalidOption } from './validate.js'
@@ -16,6 +17,7 @@ export interface ResolvedPoolOptions {
   concurrency: number
   failFast: boolean
   limiter: Limiter | null
+  permits: Permits | null
   rate: number | Observable<number>
   burst: number
   attempts: number
@@ -79,6 +81,11 @@ export function resolvePoolOptions(options: PoolOptions): ResolvedPoolOptions {
     burst = checkInteger('limiter.burst', given.burst, 1)
   }
 
+  const permits = options.permits ?? null
+  if (permits !== null && !isPermits(permits)) {
+    throw invalidOption(TypeError, 'permits', 'an object with acquire()', permits)
+  }
+
   const retry = options.retry
   if (retry !== undefined && (typeof retry !== 'object' || retry === null)) {
     throw invalidOption(TypeError, 'retry', 'an object { attempts, … }', retry)
@@ -123,6 +130,7 @@ export function resolvePoolOptions(options: PoolOptions): ResolvedPoolOptions {
     concurrency,
     failFast: errors === 'fail-fast',
     limiter,
+    permits,
     rate,
     burst,
     attempts,
