@@ -40,6 +40,7 @@ export const HELP = {
 Usage:
   rx-fanout fetch --url 'http://host:port/users/{id}/widgets' --ids 1-300 [options]
   rx-fanout demo [--ids 1-300] [--rate 10] [--burst 20] [--concurrency 8] [--plot FILE.svg]
+  rx-fanout fetch … --redis redis://127.0.0.1:6379 --key NAME    (one quota for many processes)
   rx-fanout <command> --help
 
 Results are NDJSON on stdout (or --out FILE); progress and the summary go to stderr.
@@ -60,10 +61,14 @@ Options:
   --retries N        attempts per id in all                            3
   --timeout-ms N     connect/headers/body timeout                      10000
   --grace-ms N       on SIGINT/SIGTERM: let in-flight requests finish  2000
+  --redis URL        share the quota with other processes: redis://host:port
+  --key NAME         the shared quota's name in Redis (with --redis)
   --quiet            no progress lines
   --help             this text
 
-NO_COLOR is respected. On SIGINT or SIGTERM no new request starts; in-flight ones
+With --redis, the rate and burst are one bucket for every process using the same --key,
+and --concurrency is one cap on requests in flight across them (leases that expire if a
+process dies). NO_COLOR is respected. On SIGINT or SIGTERM no new request starts; in-flight ones
 get --grace-ms to finish, then are aborted; the output is flushed; exit 130.`,
   demo: `rx-fanout demo — fetch against an embedded API that enforces its quota
 

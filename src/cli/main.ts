@@ -18,6 +18,8 @@ const common = {
   'timeout-ms': { type: 'string' },
   'grace-ms': { type: 'string' },
   quiet: { type: 'boolean' },
+  redis: { type: 'string' },
+  key: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const
 
@@ -39,7 +41,17 @@ function runOptions(
     timeoutMs: positiveInteger('--timeout-ms', str('timeout-ms'), 10_000),
     graceMs: positiveInteger('--grace-ms', str('grace-ms'), 2_000),
     quiet: values.quiet === true,
+    redis: redisOption(str('redis'), str('key')),
   }
+}
+
+function redisOption(url: string | undefined, key: string | undefined) {
+  if (url === undefined && key === undefined) return undefined
+  if (url === undefined || !/^rediss?:\/\//.test(url)) {
+    throw new UsageError(`--redis must be a redis:// URL, got ${JSON.stringify(url)}`)
+  }
+  if (!key) throw new UsageError('--key NAME is required with --redis')
+  return { url, key }
 }
 
 function reportFirstError(summary: { firstError: unknown }, collect: boolean): void {

@@ -16,6 +16,8 @@ export interface RunOptions {
   timeoutMs: number
   graceMs: number
   quiet: boolean
+  /** Share the quota with other processes through Redis. */
+  redis?: { url: string; key: string } | undefined
 }
 
 export interface RunSummary {
@@ -28,6 +30,18 @@ export interface RunSummary {
   p99: number
   interrupted: boolean
   firstError: unknown
+}
+
+async function sharedQuota(options: RunOptions) {
+  const { url, key } = options.redis as { url: string; key: string }
+  const { RedisTokenBucket, RedisSemaphore } = await import('../redis/index.js')
+  const bucket = new RedisTokenBucket({ redis: url, key, rate: options.rate, burst: options.burst })
+  const semaphore = new RedisSemaphore({ redis: url, key, limit: options.concurrency })
+  return {
+    bucket,
+    semaphore,
+    close: () => Promise.all([bucket.close(), semaphore.close()]),
+  }
 }
 
 function percentile(sorted: number[], q: number): number {
@@ -84,6 +98,8 @@ export async function runFetch(
   log: (line: string) => void,
 ): Promise<RunSummary> {
   const { baseUrl, path } = splitUrl(options.url)
+  // Loaded only when asked for: without --redis, ioredis is never imported.
+  const shared = options.redis ? await sharedQuota(options) : null
   const client = new FanOutClient({
     baseUrl,
     path,
@@ -92,6 +108,7 @@ export async function runFetch(
     maxInFlight: options.concurrency,
     timeoutMs: options.timeoutMs,
     retry: { attempts: options.retries },
+    ...(shared ? { limiter: shared.bucket, permits: shared.semaphore } : {}),
   })
   const out: WriteStream | NodeJS.WriteStream = options.out
     ? createWriteStream(options.out)
@@ -174,6 +191,7 @@ export async function runFetch(
     if (tty) progress()
     if (tty) process.stderr.write('\n')
     await client.destroy()
+    await shared?.close()
     if (options.out) await new Promise<void>((resolve) => (out as WriteStream).end(resolve))
   }
   const elapsedMs = performance.now() - started

@@ -14,6 +14,7 @@ import { Aimd, type AimdOptions } from '../aimd.js'
 import { JobError } from '../errors.js'
 import { checkInteger, checkRate, invalidOption } from '../internal/validate.js'
 import type { Limiter } from '../Limiter.js'
+import { isPermits, type Permits } from '../Permits.js'
 import { ratePoolFrom } from '../ratePoolFrom.js'
 import { TokenBucket } from '../TokenBucket.js'
 import type { Result, TaskContext } from '../types.js'
@@ -51,6 +52,9 @@ export interface FanOutClientOptions {
   maxInFlight?: number
   /** A shared limiter (e.g. a Redis-backed one); overrides `rate`/`burst`. */
   limiter?: Limiter
+  /** A cap on requests in flight shared with other processes (e.g. `RedisSemaphore`),
+   * beside the local `maxInFlight`. */
+  permits?: Permits
   /** Connect, headers and body timeouts, each. Default 10 000 ms. */
   timeoutMs?: number
   /** Largest body read. Default 1 MiB. */
@@ -124,6 +128,7 @@ export class FanOutClient {
   readonly #maxRetryAfterMs: number
   readonly #headers: Record<string, string>
   readonly #limiter: Limiter
+  readonly #permits: Permits | null
   readonly #configuredRate: number | undefined
   readonly #adaptive: Aimd | null
   readonly #dispatcher: Dispatcher
@@ -181,6 +186,10 @@ export class FanOutClient {
       this.#limiter = new TokenBucket({ rate, burst, scheduler: this.#scheduler })
       this.#configuredRate = rate
     }
+    if (options.permits !== undefined && !isPermits(options.permits)) {
+      throw invalidOption(TypeError, 'permits', 'an object with acquire()', options.permits)
+    }
+    this.#permits = options.permits ?? null
     this.#adaptive = null
     if (options.adaptive) {
       const limiter = this.#limiter
@@ -268,6 +277,7 @@ export class FanOutClient {
       const sub = ratePoolFrom(unique, (id, ctx) => this.#fetchOne(id, ctx), {
         concurrency: this.#maxInFlight,
         limiter: this.#limiter,
+        ...(this.#permits ? { permits: this.#permits } : {}),
         errors,
         retry: {
           attempts: this.#attempts,
