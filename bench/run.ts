@@ -1,5 +1,7 @@
 /**
- * Runs the benchmarks: builds `dist/`, bundles `bench/child.ts`, then runs every case of
+ * Runs the benchmarks: compiles the library (tsconfig.build.json) into
+ * node_modules/.cache/rx-fanout-bench,
+ * bundles `bench/child.ts`, then runs every case of
  * every selected benchmark in a fresh Node process, round after round with the order
  * rotated each round, and prints one Markdown table per benchmark (medians over rounds,
  * ratios within the same run). Exits 1 if a correctness check of ours failed.
@@ -10,13 +12,15 @@
  *   npm run bench -- --rounds 5        every case this many rounds
  *   npm run bench -- pool --only ratePool      only rows whose id contains "ratePool"
  *   npm run bench -- pool --cpu-prof   children write .cpuprofile files to bench/out/prof/
+ *   npm run bench -- --head            benchmark the committed src/ (HEAD), not the work tree
+ *   npm run bench -- --report bench/out/last-run.json   re-render saved results, run nothing
  *
  * Raw per-round metrics go to bench/out/last-run.json, the tables to bench/out/last-run.md.
  */
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
-import { dirname, join, resolve } from 'node:path'
+import { dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 import { summarize } from './lib/cpuprofile.js'
@@ -27,12 +31,16 @@ const benchDir = dirname(fileURLToPath(import.meta.url))
 const root = resolve(benchDir, '..')
 const outDir = join(benchDir, 'out')
 const childPath = join(outDir, 'child.mjs')
+// Outside bench/ so that the project's typecheck (which includes bench/) never sees the copy.
+const libDir = join(root, 'node_modules', '.cache', 'rx-fanout-bench')
 
 interface Cli {
   names: string[]
   options: RunOptions
   only: string | null
   cpuProf: boolean
+  head: boolean
+  report: string | null
 }
 
 function parseArgs(argv: string[]): Cli {
@@ -41,11 +49,15 @@ function parseArgs(argv: string[]): Cli {
     options: { quick: false, rounds: null },
     only: null,
     cpuProf: false,
+    head: false,
+    report: null,
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string
     if (arg === '--quick') cli.options.quick = true
     else if (arg === '--cpu-prof') cli.cpuProf = true
+    else if (arg === '--head') cli.head = true
+    else if (arg === '--report') cli.report = argv[++i] ?? null
     else if (arg === '--rounds') cli.options.rounds = Number(argv[++i])
     else if (arg === '--only') cli.only = argv[++i] ?? null
     else if (arg.startsWith('-')) throw new Error(`unknown flag ${arg}`)
@@ -70,14 +82,50 @@ function sh(cmd: string, args: string[]): string {
   }
 }
 
-async function prepare(): Promise<void> {
-  mkdirSync(outDir, { recursive: true })
-  // The children import the library as users do: the tsc build in dist/.
-  try {
-    execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' })
-  } catch {
-    console.error('warning: `npm run build` failed; benchmarking whatever dist/ holds')
+/**
+ * Compiles the library with the project's own tsconfig.build.json into a private folder,
+ * from a copy of src/ (the working tree, or HEAD with --head): other work in progress, or
+ * someone else's `npm run build`, cannot change the code under a run halfway through.
+ */
+function buildLibrary(head: boolean): void {
+  const snap = libDir
+  rmSync(snap, { recursive: true, force: true })
+  mkdirSync(snap, { recursive: true })
+  if (head) {
+    execFileSync('bash', ['-c', `git archive --format=tar HEAD src | tar -x -C '${snap}'`], {
+      cwd: root,
+    })
+  } else {
+    cpSync(join(root, 'src'), join(snap, 'src'), { recursive: true })
   }
+  writeFileSync(
+    join(snap, 'tsconfig.json'),
+    JSON.stringify({
+      extends: relative(snap, join(root, 'tsconfig.build.json')),
+      compilerOptions: {
+        rootDir: 'src',
+        outDir: 'dist',
+        declaration: false,
+        declarationMap: false,
+        sourceMap: false,
+      },
+      include: ['src'],
+      exclude: ['src/**/*.test.ts'],
+    }),
+  )
+  try {
+    execFileSync(join(root, 'node_modules', '.bin', 'tsc'), ['-p', join(snap, 'tsconfig.json')], {
+      cwd: root,
+      stdio: 'inherit',
+    })
+  } catch {
+    console.error('warning: tsc reported errors; benchmarking what it emitted')
+  }
+}
+
+async function prepare(head: boolean): Promise<void> {
+  mkdirSync(outDir, { recursive: true })
+  buildLibrary(head)
   await build({
     entryPoints: [join(benchDir, 'child.ts')],
     outfile: childPath,
@@ -92,7 +140,7 @@ async function prepare(): Promise<void> {
         name: 'rx-fanout-from-dist',
         setup(b) {
           b.onResolve({ filter: /\/src\/index\.js$/ }, () => ({
-            path: '../../dist/index.js',
+            path: relative(outDir, join(libDir, 'dist', 'index.js')),
             external: true,
           }))
         },
@@ -169,13 +217,34 @@ function describe(metrics: Metrics): string {
   return parts.join(' ')
 }
 
+/** Re-renders the tables of a saved last-run.json (after a change to a report). */
+function rerender(file: string): void {
+  const saved = JSON.parse(readFileSync(file, 'utf8')) as {
+    machine: string
+    options?: RunOptions
+    raw: Record<string, Record<string, Metrics[]>>
+  }
+  const options = saved.options ?? { quick: false, rounds: null }
+  console.log(saved.machine)
+  for (const benchmark of benchmarks) {
+    const raw = saved.raw[benchmark.name]
+    if (!raw) continue
+    const results = new Map(Object.entries(raw))
+    console.log(`\n## ${benchmark.title}\n\n${benchmark.report(results, options)}`)
+  }
+}
+
 async function main(): Promise<void> {
   const cli = parseArgs(process.argv.slice(2))
+  if (cli.report !== null) {
+    rerender(cli.report)
+    return
+  }
   const selected = cli.names.length
     ? benchmarks.filter((b) => cli.names.includes(b.name))
     : benchmarks
   const startedAt = Date.now()
-  await prepare()
+  await prepare(cli.head)
   if (cli.cpuProf) rmSync(join(outDir, 'prof'), { recursive: true, force: true })
 
   const head = sh('git', ['rev-parse', '--short', 'HEAD'])
@@ -184,7 +253,9 @@ async function main(): Promise<void> {
     `nproc ${cpus().length}`,
     `node ${process.version}`,
     `CPU ${cpus()[0]?.model ?? '?'}`,
-    `commit ${head}${dirty.length ? ` + ${dirty.length} uncommitted change(s) in src/` : ''}`,
+    cli.head
+      ? `src/ of commit ${head} (--head)`
+      : `commit ${head}${dirty.length ? ` + ${dirty.length} uncommitted change(s) in src/` : ''}`,
     `args: ${process.argv.slice(2).join(' ') || '(none)'}`,
   ].join(' · ')
   console.log(`\n${machine}\n`)
@@ -236,7 +307,10 @@ async function main(): Promise<void> {
   sections.push('', total)
   console.log(total)
   writeFileSync(join(outDir, 'last-run.md'), `${sections.join('\n')}\n`)
-  writeFileSync(join(outDir, 'last-run.json'), JSON.stringify({ machine, raw }, null, 1))
+  writeFileSync(
+    join(outDir, 'last-run.json'),
+    JSON.stringify({ machine, options: cli.options, raw }, null, 1),
+  )
   rmSync(join(outDir, `result-${process.pid}.json`), { force: true })
   if (failures > 0) {
     console.error(`\n${failures} correctness failure(s) in rx-fanout's rows (see ⚠ above)`)

@@ -110,9 +110,23 @@ export function table(header: readonly string[], rows: readonly (readonly string
   return lines.join('\n')
 }
 
-/** Problems reported by the rounds of one row, de-duplicated. */
+/** Problems reported by the rounds of one row, de-duplicated, with how many rounds had each. */
 export function problems(rounds: Metrics[] | undefined): string[] {
-  const seen = new Set<string>()
-  for (const m of rounds ?? []) if (typeof m.problem === 'string') seen.add(m.problem)
-  return [...seen]
+  const seen = new Map<string, number>()
+  for (const m of rounds ?? []) {
+    if (typeof m.problem === 'string') seen.set(m.problem, (seen.get(m.problem) ?? 0) + 1)
+  }
+  const total = rounds?.length ?? 0
+  return [...seen].map(([problem, k]) =>
+    total > 1 ? `${problem} (${k}/${total} rounds)` : problem,
+  )
+}
+
+/** The largest (or smallest) value of one metric over rounds. */
+export function extreme(rounds: Metrics[] | undefined, key: string, pick: 'max' | 'min'): number {
+  const values = (rounds ?? [])
+    .map((m) => m[key])
+    .filter((v): v is number => typeof v === 'number' && Number.isFinite(v))
+  if (values.length === 0) return Number.NaN
+  return pick === 'max' ? Math.max(...values) : Math.min(...values)
 }
