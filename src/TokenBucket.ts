@@ -7,7 +7,7 @@ import {
 } from 'rxjs'
 import { BurstExceededError } from './errors.js'
 import { LinkedList } from './internal/LinkedList.js'
-import { kTakeNow } from './internal/symbols.js'
+import { kDelivered, kTakeNow } from './internal/symbols.js'
 import { checkInteger, checkRate, checkTokens, invalidOption } from './internal/validate.js'
 import type { Limiter } from './Limiter.js'
 
@@ -265,7 +265,25 @@ export class TokenBucket implements Limiter {
    * @internal
    */
   [kTakeNow](n: number): boolean {
-    return this.#waiters.size === 0 && this.#grant(this.#scheduler.now(), n)
+    if (this.#waiters.size !== 0) return false
+    // Unlimited and not paused: granted, without reading the clock (the hot path).
+    if (this.#rate === Number.POSITIVE_INFINITY && this.#pausedUntil === Number.NEGATIVE_INFINITY) {
+      return true
+    }
+    return this.#grant(this.#scheduler.now(), n)
+  }
+
+  /**
+   * The grant just made was delivered: move the last update to now without crediting the
+   * refill since the grant. A consumer that records the time it got the grant then sees
+   * the envelope kept on this clock, even if delivery crossed a tick of it (Date.now's
+   * 1 ms grain) or took a while. Costs a clock read per grant at a finite rate.
+   * @internal
+   */
+  [kDelivered](): void {
+    if (this.#rate === Number.POSITIVE_INFINITY) return
+    const at = this.#scheduler.now()
+    if (at > this.#last) this.#last = at
   }
 
   // ── internals ─────────────────────────────────────────────────────────────────────
@@ -378,6 +396,7 @@ export class TokenBucket implements Limiter {
       waiters.remove(node)
       subscriber.next()
       subscriber.complete()
+      this[kDelivered]()
     }
     const head = waiters.head
     const due = head === null ? Number.POSITIVE_INFINITY : this.#dueAt(now, head.value.n)

@@ -8,7 +8,8 @@ export interface DemoServerOptions {
   burst?: number
   /** Requests it serves at once. Default 8. */
   maxInFlight?: number
-  /** Allowance for loopback and event-loop jitter, in ms. Default 25. */
+  /** Allowance for arrival jitter, in ms: loopback, the event loop, and above all the TCP
+   * connects of the first requests, which delay the head of the burst. Default 50. */
   jitterMs?: number
   /** Response time range, in ms. Default [30, 120]. */
   latencyMs?: readonly [number, number]
@@ -65,7 +66,7 @@ export async function startDemoServer(options: DemoServerOptions = {}): Promise<
     rate: options.rate ?? 10,
     burst: options.burst ?? 20,
     maxInFlight: options.maxInFlight ?? 8,
-    jitterMs: options.jitterMs ?? 25,
+    jitterMs: options.jitterMs ?? 50,
     latencyMs: options.latencyMs ?? ([30, 120] as const),
   }
   const failIds = options.failIds ?? new Set<string>()

@@ -56,9 +56,9 @@ export function plotSvg(
 <svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif">
   <rect width="100%" height="100%" fill="white"/>
   <text x="${left}" y="22" font-size="14" font-weight="bold">${esc(title)}</text>
-  <text x="${left}" y="${top1 - 4}" font-size="12">requests started (cumulative) vs the envelope burst + rate·t = ${quota.burst} + ${quota.rate}·t</text>
+  <text x="${left}" y="${top1 - 4}" font-size="12"><tspan fill="#2266cc">requests arrived (cumulative)</tspan> under <tspan fill="#d33">the envelope ${quota.burst} + ${quota.rate}·t</tspan> (no line may rise above it)</text>
   <rect x="${left}" y="${top1}" width="${width - left - right}" height="${h1}" fill="none" stroke="#ccc"/>
-  <path d="${envelope}" fill="none" stroke="#d33" stroke-width="1.5" stroke-dasharray="6 4"/>
+  <path d="${envelope}" fill="none" stroke="#f2a3a3" stroke-width="6"/>
   <path d="${steps}" fill="none" stroke="#2266cc" stroke-width="1.5"/>
   <text x="${left - 6}" y="${y1(0)}" font-size="11" text-anchor="end">0</text>
   <text x="${left - 6}" y="${y1(arrivals.length) + 4}" font-size="11" text-anchor="end">${arrivals.length}</text>

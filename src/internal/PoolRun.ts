@@ -12,9 +12,10 @@ import type { Release } from '../Permits.js'
 import { PoolMetrics } from '../PoolMetrics.js'
 import { TokenBucket } from '../TokenBucket.js'
 import type { Job, ProcessFn, Result, TaskContext } from '../types.js'
+import { LinkedList, type Node } from './LinkedList.js'
 import type { ResolvedPoolOptions } from './poolOptions.js'
 import { Ring } from './Ring.js'
-import { kTakeNow } from './symbols.js'
+import { kDelivered, kTakeNow } from './symbols.js'
 
 /** Where a pool's values come from: a pushed Observable or a pulled iterator. */
 export interface Feed {
@@ -33,7 +34,8 @@ export interface Feed {
  */
 export class PoolRun<T, R> {
   readonly #queue = new Ring<T>()
-  readonly #tasks = new Set<Task<T, R>>()
+  // Jobs holding a slot, in an O(1) list (a Set's add/delete per job costs GC and memory).
+  readonly #tasks = new LinkedList<Task<T, R>>()
   #slots = 0
   #nextId = 0
   #inputDone = false
@@ -110,7 +112,7 @@ export class PoolRun<T, R> {
     this.metrics.queued -= this.#queue.size
     this.metrics.dropped += this.#queue.size
     this.#queue.clear()
-    const unstarted = [...this.#tasks].filter((task) => !task.started)
+    const unstarted = this.#taskList().filter((task) => !task.started)
     for (const task of unstarted) this.#release(task)
     this.metrics.dropped += unstarted.length
     cancelAll(unstarted, new CancelledError('the pool was drained before this job started'))
@@ -122,8 +124,8 @@ export class PoolRun<T, R> {
     this.feed?.stop()
     this.metrics.queued -= this.#queue.size
     this.#queue.clear()
-    const tasks = [...this.#tasks]
-    this.#tasks.clear()
+    const tasks = this.#taskList()
+    for (const task of tasks) this.#tasks.remove(task.node as Node<Task<T, R>>)
     this.#slots = 0
     cancelAll(tasks, reason)
   }
@@ -179,12 +181,18 @@ export class PoolRun<T, R> {
   #start(value: T): void {
     const task = new Task<T, R>(this, { id: this.#nextId++, value })
     this.#slots++
-    this.#tasks.add(task)
+    task.node = this.#tasks.push(task)
     task.acquire()
   }
 
+  #taskList(): Task<T, R>[] {
+    const out: Task<T, R>[] = []
+    for (let node = this.#tasks.head; node !== null; node = node.next) out.push(node.value)
+    return out
+  }
+
   #release(task: Task<T, R>): void {
-    if (this.#tasks.delete(task)) this.#slots--
+    if (task.node !== null && this.#tasks.remove(task.node)) this.#slots--
   }
 }
 
@@ -210,6 +218,8 @@ function cancelAll<T, R>(tasks: Task<T, R>[], reason: unknown): void {
 class Task<T, R> implements TaskContext<T> {
   attempt = 0
   started = false
+  /** This job's place in the run's list of slot holders. */
+  node: Node<Task<T, R>> | null = null
   /** When this job last asked the limiter for a token (0: never). */
   takeSeq = 0
   /** Set for every job of a teardown before any is cancelled: no grant may start one. */
@@ -279,8 +289,14 @@ class Task<T, R> implements TaskContext<T> {
     this.attempt++
     const run = this.run
     const limiter = run.limiter
-    if (limiter === null || run.bucket?.[kTakeNow](1)) {
+    if (limiter === null) {
       this.#call()
+      return
+    }
+    const bucket = run.bucket
+    if (bucket?.[kTakeNow](1)) {
+      this.#call()
+      bucket[kDelivered]()
       return
     }
     run.metrics.waiting++

@@ -7,7 +7,7 @@ import {
 } from 'rxjs'
 import { InvalidCostError } from '../errors.js'
 import { Ring } from '../internal/Ring.js'
-import { kTakeNow } from '../internal/symbols.js'
+import { kDelivered, kTakeNow } from '../internal/symbols.js'
 import { checkInteger, checkRate, invalidOption } from '../internal/validate.js'
 import { type BucketConfig, isLimiter, type Limiter } from '../Limiter.js'
 import { TokenBucket } from '../TokenBucket.js'
@@ -88,6 +88,7 @@ export function rateLimit<T>(
             const n = costs ? (costs.peek() as number) : 1
             if (fast?.[kTakeNow](n)) {
               emitHead()
+              fast[kDelivered]()
               continue
             }
             let sync = true
@@ -130,6 +131,7 @@ export function rateLimit<T>(
           // Nothing queued and tokens free: pass the value straight through.
           if (values.size === 0 && wait === null && !draining && fast?.[kTakeNow](n)) {
             subscriber.next(value)
+            fast[kDelivered]()
             return
           }
           values.push(value)
