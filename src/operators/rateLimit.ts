@@ -74,9 +74,12 @@ export function rateLimit<T>(
       let draining = false
       let sourceDone = false
 
+      // Emits the head value, then counts its grant as delivered now — before the next
+      // value can ask for tokens from inside this very emission.
       const emitHead = () => {
         costs?.shift()
         subscriber.next(values.shift() as T)
+        fast?.[kDelivered]()
       }
 
       // Lets values out while their tokens come at once; parks on one wait otherwise.
@@ -88,7 +91,6 @@ export function rateLimit<T>(
             const n = costs ? (costs.peek() as number) : 1
             if (fast?.[kTakeNow](n)) {
               emitHead()
-              fast[kDelivered]()
               continue
             }
             let sync = true
