@@ -9,7 +9,7 @@ export interface DemoServerOptions {
   /** Requests it serves at once. Default 8. */
   maxInFlight?: number
   /** Allowance for arrival jitter, in ms: loopback, the event loop, and above all the TCP
-   * connects of the first requests, which delay the head of the burst. Default 50. */
+   * connects of the first requests, which delay the head of the burst. Default 100. */
   jitterMs?: number
   /** Response time range, in ms. Default [30, 120]. */
   latencyMs?: readonly [number, number]
@@ -66,7 +66,7 @@ export async function startDemoServer(options: DemoServerOptions = {}): Promise<
     rate: options.rate ?? 10,
     burst: options.burst ?? 20,
     maxInFlight: options.maxInFlight ?? 8,
-    jitterMs: options.jitterMs ?? 50,
+    jitterMs: options.jitterMs ?? 100,
     latencyMs: options.latencyMs ?? ([30, 120] as const),
   }
   const failIds = options.failIds ?? new Set<string>()

@@ -148,8 +148,7 @@ export async function main(argv: string[]): Promise<number> {
     const usage =
       error instanceof UsageError ||
       (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ||
-      (error as { code?: string }).code === 'RX_FANOUT_INVALID_OPTION' ||
-      (error instanceof Error && error.message.startsWith('--url'))
+      (error as { code?: string }).code === 'RX_FANOUT_INVALID_OPTION'
     if (usage) {
       log(`rx-fanout: ${(error as Error).message}\nTry 'rx-fanout --help'.`)
       return 2

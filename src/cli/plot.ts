@@ -44,7 +44,7 @@ export function plotSvg(
   const ticks: string[] = []
   const seconds = Math.ceil(lastTime / 1000)
   const every = Math.max(1, Math.ceil(seconds / 15))
-  for (let s = 0; s <= seconds; s += every) {
+  for (let s = 0; s <= seconds && s * 1000 <= lastTime; s += every) {
     const tx = x(first + s * 1000)
     ticks.push(
       `<line x1="${tx}" y1="${top2 + h2}" x2="${tx}" y2="${top2 + h2 + 5}" stroke="#555"/>` +

@@ -1,8 +1,9 @@
-import { createWriteStream, type WriteStream } from 'node:fs'
+import { createWriteStream, openSync, type WriteStream } from 'node:fs'
 import { Subject } from 'rxjs'
 import type { Fetched } from '../http/FanOutClient.js'
 import { FanOutClient, type Id } from '../http/index.js'
 import type { Result } from '../types.js'
+import { UsageError } from './args.js'
 
 export interface RunOptions {
   url: string
@@ -49,12 +50,31 @@ function percentile(sorted: number[], q: number): number {
 }
 
 function splitUrl(url: string): { baseUrl: string; path: string } {
-  if (!url.includes('{id}')) throw new Error(`--url must contain {id}, got ${JSON.stringify(url)}`)
-  const probe = new URL(url.replaceAll('{id}', 'ID'))
+  if (!url.includes('{id}'))
+    throw new UsageError(`--url must contain {id}, got ${JSON.stringify(url)}`)
+  let probe: URL
+  try {
+    probe = new URL(url.replaceAll('{id}', 'ID'))
+  } catch {
+    throw new UsageError(`--url is not a valid URL: ${JSON.stringify(url)}`)
+  }
   if (probe.protocol !== 'http:' && probe.protocol !== 'https:') {
-    throw new Error(`--url must be http(s), got ${JSON.stringify(url)}`)
+    throw new UsageError(`--url must be http(s), got ${JSON.stringify(url)}`)
   }
   return { baseUrl: probe.origin, path: url.slice(probe.origin.length) }
+}
+
+// Opened before any request: a path that can't be written is bad usage, found up front.
+function openOut(path: string): WriteStream {
+  let fd: number
+  try {
+    fd = openSync(path, 'w')
+  } catch (error) {
+    throw new UsageError(
+      `--out ${JSON.stringify(path)} can't be written: ${(error as Error).message}`,
+    )
+  }
+  return createWriteStream('', { fd })
 }
 
 function toLine(result: Result<Id, Fetched>): string {
@@ -110,9 +130,7 @@ export async function runFetch(
     retry: { attempts: options.retries },
     ...(shared ? { limiter: shared.bucket, permits: shared.semaphore } : {}),
   })
-  const out: WriteStream | NodeJS.WriteStream = options.out
-    ? createWriteStream(options.out)
-    : process.stdout
+  const out: WriteStream | NodeJS.WriteStream = options.out ? openOut(options.out) : process.stdout
   const total = new Set(options.ids).size
   const latencies: number[] = []
   let fetched = 0

@@ -127,10 +127,9 @@ describe('rx-fanout demo', () => {
       expect(svg.match(/ V /g)?.length).toBeGreaterThanOrEqual(12)
     })
 
-    // src/cli/plot.ts draws a tick for every whole second up to ceil(lastTime), so the last
-    // tick (here "1s" for a run of well under a second) lands right of the plot, past the
-    // SVG's width. Remove `.fails` once plot.ts stops at floor(lastTime / 1000).
-    it.fails('draws every time-axis tick inside the picture', () => {
+    // Regression: plot.ts used to draw a tick for every whole second up to ceil(lastTime),
+    // so the last one landed right of the plot, past the SVG's width.
+    it('draws every time-axis tick inside the picture', () => {
       const width = Number(/<svg [^>]*width="(\d+)"/.exec(svg)?.[1])
       const ticks = [...svg.matchAll(/<text x="([\d.]+)"[^>]*>(\d+)s<\/text>/g)]
       expect(ticks.length).toBeGreaterThan(0)
@@ -362,9 +361,14 @@ describe('bad usage: exit 2 and a message', () => {
     expect(run.code, run.stderr).toBe(2)
   })
 
-  // src/cli/run.ts splitUrl: `new URL(...)` throws a TypeError (ERR_INVALID_URL) that
-  // main() does not count as usage, so a malformed --url prints a stack and exits 1.
-  it.fails('a malformed --url is bad usage too', async () => {
+  // Regression: `new URL(...)` used to throw a TypeError that main() did not count as
+  // usage, so a malformed --url printed a stack and exited 1.
+  it('a malformed --url, or an --out that cannot be written, is bad usage too', async () => {
+    const unwritable = await runCli(['demo', '--ids', '1-3', '--out', '/nonexistent/dir/x.ndjson'])
+    expect(unwritable.stderr).not.toMatch(/\n\s+at /)
+    expect(unwritable.stderr).toMatch(/--out .* can't be written/)
+    expect(unwritable.code, unwritable.stderr).toBe(2)
+
     const run = await runCli(['fetch', '--url', 'not a url/{id}', '--ids', '1'])
     expect(run.stderr).not.toMatch(/\n\s+at /)
     expect(run.code, run.stderr).toBe(2)
