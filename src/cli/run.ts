@@ -1,7 +1,7 @@
 import { createWriteStream, openSync, type WriteStream } from 'node:fs'
 import { Subject } from 'rxjs'
-import type { Fetched } from '../http/FanOutClient.js'
 import { FanOutClient, type Id } from '../http/index.js'
+import type { Fetched } from '../http/options.js'
 import type { Result } from '../types.js'
 import { UsageError } from './args.js'
 

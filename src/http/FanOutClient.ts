@@ -18,6 +18,7 @@ import { isPermits, type Permits } from '../Permits.js'
 import { ratePoolFrom } from '../ratePoolFrom.js'
 import { TokenBucket } from '../TokenBucket.js'
 import type { Result, TaskContext } from '../types.js'
+import { readBody, readExcerpt } from './body.js'
 import {
   BodyTooLargeError,
   ClientClosedError,
@@ -27,71 +28,7 @@ import {
   RequestError,
 } from './errors.js'
 import { type Headers, parseRateLimitHeaders, parseRetryAfter } from './headers.js'
-
-export interface FanOutRetryOptions {
-  /** Attempts in all, the first included. Default 3. */
-  attempts?: number
-  /** Backoff ceiling before the first retry, doubling after. Default 100 ms. */
-  baseDelayMs?: number
-  /** Largest backoff ceiling. Default 5000 ms. */
-  maxDelayMs?: number
-  /** Longest Retry-After honoured. Default 60 000 ms. */
-  maxRetryAfterMs?: number
-}
-
-export interface FanOutClientOptions {
-  /** Origin (and optional base path) of the API, e.g. `'http://127.0.0.1:8080'`. */
-  baseUrl: string
-  /** Path template with `{id}` (URL-encoded in), or a function of the id. Default `'/users/{id}/widgets'`. */
-  path?: string | ((id: Id) => string)
-  /** Requests per second. Default 10. Ignored when `limiter` is given. */
-  rate?: number
-  /** Burst. Default 20. Ignored when `limiter` is given. */
-  burst?: number
-  /** Requests in flight at once (and connections). Default 8. */
-  maxInFlight?: number
-  /** A shared limiter (e.g. a Redis-backed one); overrides `rate`/`burst`. */
-  limiter?: Limiter
-  /** A cap on requests in flight shared with other processes (e.g. `RedisSemaphore`),
-   * beside the local `maxInFlight`. */
-  permits?: Permits
-  /** Connect, headers and body timeouts, each. Default 10 000 ms. */
-  timeoutMs?: number
-  /** Largest body read. Default 1 MiB. */
-  maxBodyBytes?: number
-  retry?: FanOutRetryOptions
-  /** A pino logger; the client is silent without one. */
-  logger?: Logger
-  /** Use this dispatcher instead of the client's own `Pool` (it is not closed by the client). */
-  dispatcher?: Dispatcher
-  /** Extra request headers. */
-  headers?: Record<string, string>
-  /** Adapt the rate with AIMD between `min` and the configured rate. */
-  adaptive?: Omit<AimdOptions, 'max' | 'scheduler'> & { max?: number }
-  /** Clock and timers. Default `asyncScheduler`. */
-  scheduler?: SchedulerLike
-}
-
-/** One fetched resource. */
-export interface Fetched {
-  id: Id
-  status: number
-  body: Uint8Array
-  attempts: number
-  latencyMs: number
-}
-
-export interface FetchOptions {
-  /** Aborting rejects with the signal's reason and cancels everything. */
-  signal?: AbortSignal
-}
-
-export interface FetchEachOptions extends FetchOptions {
-  /** `'fail-fast'` (default) or `'collect'` (failures become `{ ok: false }` results). */
-  errors?: 'fail-fast' | 'collect'
-  /** Graceful stop: when it emits (or aborts), no new id is requested; running ones finish. */
-  drain?: ObservableInput<unknown> | AbortSignal
-}
+import type { FanOutClientOptions, FetchEachOptions, Fetched, FetchOptions } from './options.js'
 
 const EXCERPT_BYTES = 256
 
@@ -362,7 +299,7 @@ export class FanOutClient {
       status = response.statusCode
       this.#heed(response.headers as Headers)
       if (status < 200 || status >= 300) {
-        const excerpt = await this.#excerpt(response.body)
+        const excerpt = await readExcerpt(response.body, EXCERPT_BYTES)
         const retryAfterMs =
           status === 429 || status === 503
             ? parseRetryAfter(
@@ -373,7 +310,15 @@ export class FanOutClient {
             : undefined
         throw new HttpStatusError({ status, id, attempt, excerpt, retryAfterMs })
       }
-      const body = await this.#read(response, id, attempt)
+      let body: Uint8Array
+      try {
+        body = await readBody(response, this.#maxBodyBytes, id, attempt)
+      } catch (error) {
+        // A reset or a stall mid-body is a request failure like one before the headers
+        // (retryable when it is a reset); an oversize body is its own error.
+        if (signal.aborted || error instanceof BodyTooLargeError) throw error
+        throw new RequestError(id, attempt, error)
+      }
       const latencyMs = this.#scheduler.now() - started
       if (this.#log?.isLevelEnabled('debug')) {
         this.#log.debug({ userId: id, attempt, latencyMs, status }, 'fetched')
@@ -401,45 +346,6 @@ export class FanOutClient {
     if (quota.exhaustedForMs !== undefined && limiter.pauseFor) {
       limiter.pauseFor(Math.min(quota.exhaustedForMs, this.#maxRetryAfterMs))
     }
-  }
-
-  async #excerpt(body: Dispatcher.ResponseData['body']): Promise<string> {
-    const chunks: Buffer[] = []
-    let size = 0
-    try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        chunks.push(chunk)
-        size += chunk.length
-        if (size >= EXCERPT_BYTES) break
-      }
-    } catch {
-      // The status is the error; an unreadable error body adds nothing.
-    } finally {
-      // Breaking out of the loop destroys the stream: the rest is never held.
-      body.destroy()
-    }
-    return Buffer.concat(chunks).subarray(0, EXCERPT_BYTES).toString('utf8')
-  }
-
-  async #read(response: Dispatcher.ResponseData, id: Id, attempt: number): Promise<Uint8Array> {
-    const { body, headers } = response
-    const max = this.#maxBodyBytes
-    const declared = Number(headers['content-length'])
-    if (declared > max) {
-      body.destroy()
-      throw new BodyTooLargeError(id, attempt, max)
-    }
-    const chunks: Buffer[] = []
-    let size = 0
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      size += chunk.length
-      if (size > max) {
-        body.destroy()
-        throw new BodyTooLargeError(id, attempt, max)
-      }
-      chunks.push(chunk)
-    }
-    return new Uint8Array(Buffer.concat(chunks, size))
   }
 
   #logFailure(

@@ -6,12 +6,12 @@ export {
   isRetryableHttpError,
   RequestError,
 } from './errors.js'
-export {
-  FanOutClient,
-  type FanOutClientOptions,
-  type FanOutRetryOptions,
-  type FetchEachOptions,
-  type Fetched,
-  type FetchOptions,
-} from './FanOutClient.js'
+export { FanOutClient } from './FanOutClient.js'
 export { type DeclaredQuota, parseRateLimitHeaders, parseRetryAfter } from './headers.js'
+export type {
+  FanOutClientOptions,
+  FanOutRetryOptions,
+  FetchEachOptions,
+  Fetched,
+  FetchOptions,
+} from './options.js'
