@@ -7,7 +7,7 @@
  * ratios within the same run). Exits 1 if a correctness check of ours failed.
  *
  *   npm run bench                      all benchmarks (~6 min)
- *   npm run bench -- pool lazy         only these (rateLimit, clock, pool, lazy)
+ *   npm run bench -- pool lazy         only these (rateLimit, clock, pool, lazy, http, redis)
  *   npm run bench -- --quick           small sizes, short windows, one round (~1 min)
  *   npm run bench -- --rounds 5        every case this many rounds
  *   npm run bench -- pool --only ratePool      only rows whose id contains "ratePool"
@@ -139,8 +139,9 @@ async function prepare(head: boolean): Promise<void> {
       {
         name: 'rx-fanout-from-dist',
         setup(b) {
-          b.onResolve({ filter: /\/src\/index\.js$/ }, () => ({
-            path: relative(outDir, join(libDir, 'dist', 'index.js')),
+          // ../src/index.js, ../src/http/index.js, ../src/redis/index.js
+          b.onResolve({ filter: /\/src\/(?:(?:http|redis)\/)?index\.js$/ }, (args) => ({
+            path: relative(outDir, join(libDir, 'dist', args.path.replace(/^.*\/src\//, ''))),
             external: true,
           }))
         },

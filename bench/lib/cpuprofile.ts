@@ -38,5 +38,42 @@ export function summarize(file: string, top = 15): string {
       ([key, us]) =>
         `${(us / 1000).toFixed(1).padStart(8)} ms ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${key}`,
     )
-  return [`${file} (${(totalUs / 1000).toFixed(0)} ms sampled)`, ...lines].join('\n')
+  return [
+    `${file} (${(totalUs / 1000).toFixed(0)} ms sampled)`,
+    ...lines,
+    '  self time by file:',
+    ...byFile(profile, byId, totalUs, top),
+  ].join('\n')
+}
+
+/** Where a frame's code lives: `undici/lib/…`, our `dist/…` file, `node:…`, or a V8 bucket. */
+function home(url: string, functionName: string): string {
+  if (!url) return `(${functionName.replace(/[()]/g, '') || 'native'})`
+  const dist = /rx-fanout-bench\/(dist\/.*)$/.exec(url)
+  if (dist) return dist[1] as string
+  const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(url)
+  if (pkg) return `${pkg[1]}/${pkg[2]}`
+  return url.replace(/^file:\/\/.*\/bench\/out\//, 'bench/out/')
+}
+
+function byFile(
+  profile: Profile,
+  byId: Map<number, ProfileNode>,
+  totalUs: number,
+  top: number,
+): string[] {
+  const selfUs = new Map<string, number>()
+  profile.samples.forEach((id, i) => {
+    const frame = byId.get(id)?.callFrame
+    if (!frame) return
+    const key = home(frame.url, frame.functionName)
+    selfUs.set(key, (selfUs.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0))
+  })
+  return [...selfUs]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(
+      ([key, us]) =>
+        `${(us / 1000).toFixed(1).padStart(8)} ms ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${key}`,
+    )
 }
