@@ -169,7 +169,7 @@ describe('statuses', () => {
       expect(seen.pausedAt).toHaveLength(1)
       expect(seen.pausedAt[0]).toBeGreaterThan(failure?.endedAt as number)
       const { from, to } = pauseWindow(failure as Arrival, seen.pausedAt[0] as number, lag.ms)
-      expect(to - from).toBeGreaterThan(900)
+      expect(to - from).toBeGreaterThan(500) // most of the pause, even on a loaded machine
       // Nobody, not only id 3, arrives within the window; ids were still waiting for it.
       expect(server.arrivals.filter((a) => a.at > from && a.at < to).map((a) => a.url)).toEqual([])
       expect(server.arrivals.filter((a) => a.at >= to).length).toBeGreaterThan(1)
