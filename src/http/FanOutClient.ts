@@ -75,6 +75,8 @@ export class FanOutClient {
   readonly #active = new Set<AbortController>()
   readonly #idle: (() => void)[] = []
   #closed = false
+  #ending: Promise<void> | null = null
+  #destroying: Promise<void> | null = null
 
   constructor(options: FanOutClientOptions) {
     if (typeof options !== 'object' || options === null) {
@@ -244,18 +246,28 @@ export class FanOutClient {
   }
 
   /** Takes no new fetch, lets the running ones finish, then closes the connections. */
-  async close(): Promise<void> {
-    this.#closed = true
-    if (this.#active.size > 0) await new Promise<void>((resolve) => this.#idle.push(resolve))
-    if (this.#ownsDispatcher) await this.#dispatcher.close()
+  close(): Promise<void> {
+    // Once ending, every later close() or destroy() answers with the same promise.
+    this.#ending ??= (async () => {
+      this.#closed = true
+      if (this.#active.size > 0) await new Promise<void>((resolve) => this.#idle.push(resolve))
+      // A destroy() meanwhile has ended the dispatcher already.
+      if (this.#ownsDispatcher && !this.#destroying) await this.#dispatcher.close()
+    })()
+    return this.#ending
   }
 
   /** Takes no new fetch, aborts the running ones (and their sockets) now. */
-  async destroy(): Promise<void> {
+  destroy(): Promise<void> {
     this.#closed = true
     const reason = new ClientClosedError('the FanOutClient was destroyed')
     for (const controller of [...this.#active]) controller.abort(reason)
-    if (this.#ownsDispatcher) await this.#dispatcher.destroy(reason)
+    // A close() still waiting for running fetches finishes with this destroy.
+    if (this.#ownsDispatcher && !this.#destroying) {
+      this.#destroying = this.#dispatcher.destroy(reason)
+    }
+    this.#ending = Promise.all([this.#ending, this.#destroying]).then(() => {})
+    return this.#ending
   }
 
   #checkIds(ids: readonly Id[]): Id[] {

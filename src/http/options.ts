@@ -33,7 +33,9 @@ export interface FanOutClientOptions {
   /** A cap on requests in flight shared with other processes (e.g. `RedisSemaphore`),
    * beside the local `maxInFlight`. */
   permits?: Permits
-  /** Connect, headers and body timeouts, each. Default 10 000 ms. */
+  /** Connect, headers and body timeouts, each. Default 10 000 ms. undici checks its
+   * headers and body timers on a ~500 ms tick, so small values fire late (200 ms fires
+   * after 0.5–1 s of silence). */
   timeoutMs?: number
   /** Largest body read. Default 1 MiB. */
   maxBodyBytes?: number
