@@ -306,6 +306,9 @@ async function httpCase({ runner, n, warmup }: HttpParams): Promise<Metrics> {
       count: got.count,
       clientCpuPct: ((cpu.user + cpu.system) / 1000 / wallMs) * 100,
       serverCpuPct: ((after.cpuUs - before.cpuUs) / 1000 / wallMs) * 100,
+      // CPU per request: steadier than requests/s when other work shares the two cores.
+      clientCpuUsPerReq: (cpu.user + cpu.system) / n,
+      serverCpuUsPerReq: (after.cpuUs - before.cpuUs) / n,
       serverRssKiB: after.maxRssKiB,
       served: after.count - before.count,
     }
@@ -404,6 +407,7 @@ export const http: Benchmark = {
         seconds(med(r, 'wallMs')),
         ratio(rate, ceiling),
         ratio(rate, floor),
+        `${fmt(med(r, 'clientCpuUsPerReq'), 1)} / ${fmt(med(r, 'serverCpuUsPerReq'), 1)}`,
         `${fmt(med(r, 'clientCpuPct'), 0)} % / ${fmt(med(r, 'serverCpuPct'), 0)} %`,
         mb(med(r, 'maxRssKiB')),
         String(r?.length ?? 0),
@@ -421,6 +425,7 @@ export const http: Benchmark = {
           'wall',
           'vs autocannon',
           'vs undici Pool loop',
+          'CPU µs per request: client / server',
           'CPU client / server (% of a core)',
           'peak RSS (client)',
           'rounds',
