@@ -7,7 +7,7 @@ export interface Node<T> {
 }
 
 /**
- * A doubly linked FIFO: push, shift and removal from the middle are all O(1). Waiters
+ * A doubly linked FIFO: push, and removal from the head or the middle, are O(1). Waiters
  * that give up leave from wherever they stand, so an array's `splice`/`shift` (O(n)) would
  * make a long queue quadratic.
  */
@@ -36,12 +36,5 @@ export class LinkedList<T> {
     node.list = null
     this.size--
     return true
-  }
-
-  shift(): T | undefined {
-    const node = this.head
-    if (!node) return undefined
-    this.remove(node)
-    return node.value
   }
 }
