@@ -8,14 +8,18 @@
  * set by setRate/setBurst (else each caller's configured ones). A negative rate means
  * unlimited. The math is Go's x/time/rate, as in the in-process TokenBucket.
  */
-const PRELUDE = `
-local key = KEYS[1]
+// `now` in ms: the explicit time a test passed as ARGV[1], or Redis's own clock.
+const NOW = `
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
-local s = redis.call('HMGET', key, 't', 'l', 'e', 'p', 'r', 'b')
+`
+
+const PRELUDE = `
+local key = KEYS[1]
+${NOW}local s = redis.call('HMGET', key, 't', 'l', 'e', 'p', 'r', 'b')
 local rate = tonumber(s[5]) or tonumber(ARGV[2])
 local burst = tonumber(s[6]) or tonumber(ARGV[3])
 local tokens = tonumber(s[1])
@@ -118,12 +122,7 @@ return {f(advance()), f(now), f(rate), f(burst), f(paused)}
  */
 export const ACQUIRE = `
 local key = KEYS[1]
-local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-local limit = tonumber(ARGV[2])
+${NOW}local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
 if redis.call('ZCARD', key) < limit then
@@ -138,12 +137,7 @@ return {0, string.format('%.17g', tonumber(first[2]) - now)}
 /** ARGV: now|'', leaseMs, id. Extends a lease still held. → 1, or 0 if it was lost */
 export const RENEW = `
 local key = KEYS[1]
-local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-local lease = tonumber(ARGV[2])
+${NOW}local lease = tonumber(ARGV[2])
 local score = redis.call('ZSCORE', key, ARGV[3])
 if not score or tonumber(score) < now then return 0 end
 redis.call('ZADD', key, 'XX', now + lease, ARGV[3])
