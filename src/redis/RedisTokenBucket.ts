@@ -288,12 +288,18 @@ export class RedisTokenBucket implements Limiter {
       for (let node = this.#waiters.head; node; node = this.#waiters.head) this.#fail(node, failure)
       return
     }
-    // local-fallback: a conservative local bucket until Redis answers again.
-    this.#fallback ??= new TokenBucket({
-      rate: this.#rate * this.#share,
-      burst: Math.max(1, Math.floor(this.#burst * this.#share)),
-      scheduler: this.#scheduler,
-    })
+    // local-fallback: a conservative local bucket until Redis answers again — the share of
+    // the rate, starting with the share of the burst; its capacity stays the burst, so
+    // any take(n) the shared bucket allows can still be granted.
+    if (this.#fallback === null) {
+      const fallback = new TokenBucket({
+        rate: this.#rate * this.#share,
+        burst: this.#burst,
+        scheduler: this.#scheduler,
+      })
+      fallback.allow(this.#burst - Math.max(1, Math.floor(this.#burst * this.#share)))
+      this.#fallback = fallback
+    }
     this.#probeAt = this.#scheduler.now() + this.#retryAfterMs
     this.#plan()
   }

@@ -36,9 +36,14 @@ local function advance()
   return v
 end
 local function keep(extra)
+  -- Long enough to cover the refill to full, the pause and the wait; a rate or burst set
+  -- for everyone (r, b) is kept a day past the last use.
   local ttl = 1000 + extra
   if paused > now then ttl = ttl + (paused - now) end
-  if rate > 0 then ttl = ttl + (burst - tokens) * 1000 / rate end
+  if rate > 0 and tokens < burst then ttl = ttl + (burst - tokens) * 1000 / rate end
+  if s[5] or s[6] or redis.call('HEXISTS', key, 'r') == 1 or redis.call('HEXISTS', key, 'b') == 1 then
+    ttl = math.max(ttl, 86400000)
+  end
   redis.call('PEXPIRE', key, math.ceil(ttl))
 end
 `
@@ -74,9 +79,17 @@ export const CANCEL = `${PRELUDE}
 local n = tonumber(ARGV[4])
 local timeToAct = tonumber(ARGV[5])
 local rateThen = tonumber(ARGV[6])
+-- A rejected reservation (time to act 'inf') took nothing: nothing to give back.
+if timeToAct == nil or timeToAct ~= timeToAct or timeToAct == math.huge then return '0' end
 if rate < 0 or rateThen < 0 or n == 0 or timeToAct < now then return '0' end
 local restore = n
-if rateThen > 0 then restore = n - (lastEvent - timeToAct) * rateThen / 1000 end
+if rateThen > 0 then
+  -- Tokens reserved after this one were planned on top of it; none if they act earlier
+  -- (after a rate increase, or behind a pause): never more than n comes back.
+  local later = lastEvent - timeToAct
+  if later < 0 then later = 0 end
+  restore = n - later * rateThen / 1000
+end
 if restore <= 0 then return '0' end
 tokens = advance() + restore
 if tokens > burst then tokens = burst end
@@ -94,7 +107,11 @@ export const CONFIGURE = `${PRELUDE}
 tokens = advance()
 redis.call('HSET', key, 't', f(tokens), 'l', f(now))
 if ARGV[4] ~= '' then rate = tonumber(ARGV[4]); redis.call('HSET', key, 'r', ARGV[4]) end
-if ARGV[5] ~= '' then burst = tonumber(ARGV[5]); redis.call('HSET', key, 'b', ARGV[5]) end
+if ARGV[5] ~= '' then
+  burst = tonumber(ARGV[5])
+  redis.call('HSET', key, 'b', ARGV[5])
+  if tokens > burst then tokens = burst; redis.call('HSET', key, 't', f(tokens)) end
+end
 keep(0)
 return {f(tokens), f(now)}
 `
