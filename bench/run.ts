@@ -6,9 +6,9 @@
  * rotated each round, and prints one Markdown table per benchmark (medians over rounds,
  * ratios within the same run). Exits 1 if a correctness check of ours failed.
  *
- *   npm run bench                      all benchmarks (~6 min)
+ *   npm run bench                      all benchmarks (~8 min)
  *   npm run bench -- pool lazy         only these (rateLimit, clock, pool, lazy, http, redis)
- *   npm run bench -- --quick           small sizes, short windows, one round (~1 min)
+ *   npm run bench -- --quick           small sizes, short windows, one round (~1.5 min)
  *   npm run bench -- --rounds 5        every case this many rounds
  *   npm run bench -- pool --only ratePool      only rows whose id contains "ratePool"
  *   npm run bench -- pool --cpu-prof   children write .cpuprofile files to bench/out/prof/
