@@ -62,6 +62,7 @@ export class RedisSemaphore implements Permits {
   readonly #held = new Map<string, Subscription>()
   #subscriber: Redis | null = null
   #trying = false
+  #again = false
   #poll: Subscription | null = null
   #closed = false
 
@@ -134,7 +135,12 @@ export class RedisSemaphore implements Permits {
 
   // Grants leases to the local waiters, head first, while Redis has permits.
   #try(): void {
-    if (this.#trying || this.#closed) return
+    if (this.#closed) return
+    if (this.#trying) {
+      // A release heard while Redis decides: look again as soon as it has answered.
+      this.#again = true
+      return
+    }
     const node = this.#waiters.head
     if (node === null) {
       this.#poll?.unsubscribe()
@@ -150,8 +156,11 @@ export class RedisSemaphore implements Permits {
     ).then(
       ({ granted, retryInMs }) => {
         this.#trying = false
+        const again = this.#again
+        this.#again = false
         if (!granted) {
-          this.#wait(retryInMs)
+          if (again) this.#try()
+          else this.#wait(retryInMs)
           return
         }
         if (!this.#waiters.remove(node) || this.#closed) {

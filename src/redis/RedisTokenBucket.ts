@@ -233,9 +233,17 @@ export class RedisTokenBucket implements Limiter {
     const { n } = node.value
     const head: Head = { node, reservation: null, timer: null, fallback: null }
     this.#head = head
-    if (this.#fallback !== null && this.#scheduler.now() < this.#probeAt) {
-      head.fallback = this.#fallback.take(n).subscribe({
-        next: () => this.#grant(node),
+    const fallback = this.#fallback
+    if (fallback !== null && this.#scheduler.now() < this.#probeAt) {
+      // A take larger than the local burst (but within the shared one) may still be granted:
+      // the local capacity grows to n while it is the head, and shrinks back after.
+      const localBurst = this.#localBurst()
+      if (n > fallback.burst) fallback.setBurst(n)
+      head.fallback = fallback.take(n).subscribe({
+        next: () => {
+          if (fallback.burst > localBurst) fallback.setBurst(localBurst)
+          this.#grant(node)
+        },
         error: (error: unknown) => this.#fail(node, error),
       })
       return
@@ -261,6 +269,11 @@ export class RedisTokenBucket implements Limiter {
             )
           return
         }
+        // Due now: granted now. (A timer, even of 0 ms, costs a millisecond or more.)
+        if (!(reservation.wait > 0)) {
+          this.#grant(node)
+          return
+        }
         head.reservation = reservation
         head.timer = this.#scheduler.schedule(() => this.#grant(node), Math.ceil(reservation.wait))
       },
@@ -269,6 +282,10 @@ export class RedisTokenBucket implements Limiter {
         this.#storeFailed(error)
       },
     )
+  }
+
+  #localBurst(): number {
+    return Math.max(1, Math.floor(this.#burst * this.#share))
   }
 
   #retry(head: Head): void {
@@ -289,17 +306,12 @@ export class RedisTokenBucket implements Limiter {
       return
     }
     // local-fallback: a conservative local bucket until Redis answers again — the share of
-    // the rate, starting with the share of the burst; its capacity stays the burst, so
-    // any take(n) the shared bucket allows can still be granted.
-    if (this.#fallback === null) {
-      const fallback = new TokenBucket({
-        rate: this.#rate * this.#share,
-        burst: this.#burst,
-        scheduler: this.#scheduler,
-      })
-      fallback.allow(this.#burst - Math.max(1, Math.floor(this.#burst * this.#share)))
-      this.#fallback = fallback
-    }
+    // the rate and of the burst (see #plan for a take larger than that burst).
+    this.#fallback ??= new TokenBucket({
+      rate: this.#rate * this.#share,
+      burst: this.#localBurst(),
+      scheduler: this.#scheduler,
+    })
     this.#probeAt = this.#scheduler.now() + this.#retryAfterMs
     this.#plan()
   }
