@@ -1,5 +1,4 @@
 import type { ColdObservable } from 'rxjs/internal/testing/ColdObservable'
-import { TestScheduler } from 'rxjs/testing'
 import { describe, expect, it } from 'vitest'
 import {
   Aimd,
@@ -11,10 +10,7 @@ import {
   type TaskContext,
   TokenBucket,
 } from '../src/index.js'
-
-// One frame is one virtual millisecond.
-const createScheduler = () =>
-  new TestScheduler((actual, expected) => expect(actual).toEqual(expected))
+import { createScheduler, ko, ok } from './helpers.js'
 
 const decrease = (at: number, previous: number, rate: number): AimdDecision => ({
   at,
@@ -27,24 +23,6 @@ const increase = (at: number, previous: number, rate: number): AimdDecision => (
   reason: 'increase',
   previous,
   rate,
-})
-
-/** The expected `Result` of a job that succeeded. */
-const ok = (id: number, value: unknown, result: unknown, durationMs: number, attempts = 1) => ({
-  ok: true,
-  job: { id, value },
-  value: result,
-  attempts,
-  durationMs,
-})
-
-/** The expected `Result` of a job that failed (collect mode). */
-const ko = (id: number, value: unknown, error: unknown, durationMs: number, attempts = 1) => ({
-  ok: false,
-  job: { id, value },
-  error,
-  attempts,
-  durationMs,
 })
 
 const tooMany = () => Object.assign(new Error('429 Too Many Requests'), { status: 429 })

@@ -1,7 +1,7 @@
 import { map, Observable, throwError, timer } from 'rxjs'
-import { TestScheduler } from 'rxjs/testing'
 import { describe, expect, it } from 'vitest'
 import { type Permits, type Release, ratePool } from '../src/index.js'
+import { createScheduler } from './helpers.js'
 
 /** An in-memory counting semaphore that records its grants and releases. */
 function semaphore(size: number) {
@@ -41,8 +41,6 @@ function semaphore(size: number) {
   }
   return { permits, log, free: () => free, waiting: () => waiters.length }
 }
-
-const createScheduler = () => new TestScheduler((a, e) => expect(a).toEqual(e))
 
 describe('ratePool with shared permits', () => {
   it('a job holds a permit beside its slot: 4 slots, 2 permits → two at a time', () => {

@@ -1,23 +1,6 @@
-import { TestScheduler } from 'rxjs/testing'
 import { describe, expect, it } from 'vitest'
 import { BurstExceededError, InvalidCostError, rateLimit, TokenBucket } from '../src/index.js'
-
-// One frame is one virtual millisecond.
-const createScheduler = () =>
-  new TestScheduler((actual, expected) => expect(actual).toEqual(expected))
-
-/**
- * How many actions are still scheduled when virtual time reaches `frame` (the probe
- * itself excluded): a leaked or stale bucket timer shows up here, whereas `flush()`
- * would simply run it.
- */
-function pendingAt(scheduler: TestScheduler, frame: number): { count: number } {
-  const probe = { count: Number.NaN }
-  scheduler.schedule(() => {
-    probe.count = scheduler.actions.length
-  }, frame)
-  return probe
-}
+import { createScheduler, pendingAt } from './helpers.js'
 
 /** A cost function reading a table; letters not in it cost 1. */
 const costOf =

@@ -14,7 +14,6 @@ import {
   toArray,
 } from 'rxjs'
 import type { ColdObservable } from 'rxjs/internal/testing/ColdObservable'
-import { TestScheduler } from 'rxjs/testing'
 import { describe, expect, it } from 'vitest'
 import {
   CancelledError,
@@ -27,41 +26,7 @@ import {
   type TaskContext,
   TokenBucket,
 } from '../src/index.js'
-
-// One frame is one virtual millisecond.
-const createScheduler = () =>
-  new TestScheduler((actual, expected) => expect(actual).toEqual(expected))
-
-/**
- * How many actions are still scheduled when virtual time reaches `frame` (the probe
- * itself excluded): a leaked token timer, retry delay or inner subscription shows up
- * here, whereas `flush()` would simply run it.
- */
-function pendingAt(scheduler: TestScheduler, frame: number): { count: number } {
-  const probe = { count: Number.NaN }
-  scheduler.schedule(() => {
-    probe.count = scheduler.actions.length
-  }, frame)
-  return probe
-}
-
-/** The expected `Result` of a job that succeeded. */
-const ok = (id: number, value: unknown, result: unknown, durationMs: number, attempts = 1) => ({
-  ok: true,
-  job: { id, value },
-  value: result,
-  attempts,
-  durationMs,
-})
-
-/** The expected `Result` of a job that failed (collect mode). */
-const ko = (id: number, value: unknown, error: unknown, durationMs: number, attempts = 1) => ({
-  ok: false,
-  job: { id, value },
-  error,
-  attempts,
-  durationMs,
-})
+import { createScheduler, ko, ok, pendingAt } from './helpers.js'
 
 /** The gauges a pool must bring back to zero whatever way it ends. */
 const gauges = (metrics: PoolMetrics) => ({

@@ -1,6 +1,5 @@
 import { firstValueFrom, Observable, of, take, tap, toArray } from 'rxjs'
 import type { ColdObservable } from 'rxjs/internal/testing/ColdObservable'
-import { TestScheduler } from 'rxjs/testing'
 import { describe, expect, it } from 'vitest'
 import {
   CancelledError,
@@ -10,31 +9,7 @@ import {
   ratePoolFrom,
   type TaskContext,
 } from '../src/index.js'
-
-// One frame is one virtual millisecond.
-const createScheduler = () =>
-  new TestScheduler((actual, expected) => expect(actual).toEqual(expected))
-
-/**
- * How many actions are still scheduled when virtual time reaches `frame` (the probe
- * itself excluded): a leaked timer or inner subscription shows up here.
- */
-function pendingAt(scheduler: TestScheduler, frame: number): { count: number } {
-  const probe = { count: Number.NaN }
-  scheduler.schedule(() => {
-    probe.count = scheduler.actions.length
-  }, frame)
-  return probe
-}
-
-/** The expected `Result` of a job that succeeded. */
-const ok = (id: number, value: unknown, result: unknown, durationMs: number, attempts = 1) => ({
-  ok: true,
-  job: { id, value },
-  value: result,
-  attempts,
-  durationMs,
-})
+import { createScheduler, ok, pendingAt } from './helpers.js'
 
 /** What a tracked source saw: each pull (when, what, results out by then), and its end. */
 interface PullLog<T> {

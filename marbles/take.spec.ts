@@ -1,26 +1,10 @@
 import { map } from 'rxjs'
-import { TestScheduler } from 'rxjs/testing'
 import { describe, expect, it } from 'vitest'
 import { BurstExceededError, TokenBucket } from '../src/index.js'
+import { createScheduler, pendingAt } from './helpers.js'
 
 // One frame is one virtual millisecond. `take()` emits `undefined`: `g` marks a grant.
 const g = { g: undefined }
-
-const createScheduler = () =>
-  new TestScheduler((actual, expected) => expect(actual).toEqual(expected))
-
-/**
- * How many actions are still scheduled when virtual time reaches `frame` (the probe
- * itself excluded): a leaked or stale bucket timer shows up here, whereas `flush()`
- * would simply run it.
- */
-function pendingAt(scheduler: TestScheduler, frame: number): { count: number } {
-  const probe = { count: Number.NaN }
-  scheduler.schedule(() => {
-    probe.count = scheduler.actions.length
-  }, frame)
-  return probe
-}
 
 describe('TokenBucket.take', () => {
   it('grants at once while tokens last, then serves waiters FIFO one interval apart', () => {
