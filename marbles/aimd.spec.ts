@@ -10,7 +10,7 @@ import {
   type TaskContext,
   TokenBucket,
 } from '../src/index.js'
-import { createScheduler, ko, ok } from './helpers.js'
+import { createScheduler, ko, ok, thrownBy } from './helpers.js'
 
 const decrease = (at: number, previous: number, rate: number): AimdDecision => ({
   at,
@@ -388,14 +388,6 @@ describe('isThrottleError (the default classifier)', () => {
 
 describe('aimd options', () => {
   const bucket = () => new TokenBucket({ rate: 10, burst: 1 })
-  const thrownBy = (fn: () => unknown) => {
-    try {
-      fn()
-    } catch (error) {
-      return error
-    }
-    return undefined
-  }
 
   it.each<[string, Partial<AimdOptions>, typeof RangeError | typeof TypeError, string]>([
     ['min 0', { min: 0 }, RangeError, 'min must be a number > 0 or Infinity, got 0'],

@@ -51,3 +51,13 @@ export const ko = (
   attempts,
   durationMs,
 })
+
+/** What `fn` throws (undefined when it returns). */
+export const thrownBy = (fn: () => unknown): unknown => {
+  try {
+    fn()
+  } catch (error) {
+    return error
+  }
+  return undefined
+}

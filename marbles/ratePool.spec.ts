@@ -26,7 +26,7 @@ import {
   type TaskContext,
   TokenBucket,
 } from '../src/index.js'
-import { createScheduler, ko, ok, pendingAt } from './helpers.js'
+import { createScheduler, ko, ok, pendingAt, thrownBy } from './helpers.js'
 
 /** The gauges a pool must bring back to zero whatever way it ends. */
 const gauges = (metrics: PoolMetrics) => ({
@@ -1427,14 +1427,6 @@ describe('ratePool options', () => {
       code: 'RX_FANOUT_INVALID_OPTION',
       message: expect.stringMatching(new RegExp(`^${name.replace('.', '\\.')} .*got ${echoed}$`)),
     })
-  const thrownBy = (fn: () => unknown) => {
-    try {
-      fn()
-    } catch (error) {
-      return error
-    }
-    return undefined
-  }
 
   it.each<[string, Partial<PoolOptions>, typeof RangeError | typeof TypeError, string, string]>([
     ['concurrency 0', { concurrency: 0 }, RangeError, 'concurrency', '0'],
