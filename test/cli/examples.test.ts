@@ -1,4 +1,4 @@
-/** The runnable examples under examples/rxjs, run with tsx as their headers say. */
+/** The runnable examples (examples/rxjs, examples/demo.ts), run with tsx as their headers say. */
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -41,5 +41,20 @@ describe('examples/rxjs', () => {
     expect(run.code, run.stderr).toBe(0)
     for (let id = 1; id <= 10; id++) expect(run.stdout).toContain(`user ${id}: ${id}-a, ${id}-b\n`)
     expect(run.stdout).toContain('fetched 10 of 10 users in 11 requests')
+  }, 30_000)
+})
+
+describe('examples/demo.ts', () => {
+  it('rateLimit and the pool on the real clock: within the envelope, every job done, exits 0', async () => {
+    const run = await runExample('examples/demo.ts')
+    expect(run.code, run.stderr).toBe(0)
+    // The demo checks its own emissions against the envelope and prints the worst excess.
+    const excess = [...run.stdout.matchAll(/worst excess[^:]*: (-?[\d.]+)/g)].map((m) =>
+      Number(m[1]),
+    )
+    expect(excess).toHaveLength(2)
+    for (const e of excess) expect(e).toBeLessThanOrEqual(0)
+    expect(run.stdout).toMatch(/burst: 5 at once/)
+    expect(run.stdout).toMatch(/30 results; max in flight [1-4] \(cap 4\); retried 1;/)
   }, 30_000)
 })
