@@ -89,6 +89,8 @@ export class TokenBucket implements Limiter {
   // The latest time to act of any reservation, past or future (Go's `lastEvent`).
   #lastEvent = Number.NEGATIVE_INFINITY
   #pausedUntil = Number.NEGATIVE_INFINITY
+  // When the last grant through take() was decided (see kDelivered).
+  #grantedAt = Number.NEGATIVE_INFINITY
   readonly #scheduler: SchedulerLike
   readonly #waiters = new LinkedList<Waiter>()
   #timer: Subscription | null = null
@@ -274,15 +276,17 @@ export class TokenBucket implements Limiter {
   }
 
   /**
-   * The grant just made was delivered: move the last update to now without crediting the
-   * refill since the grant. A consumer that records the time it got the grant then sees
-   * the envelope kept on this clock, even if delivery crossed a tick of it (Date.now's
-   * 1 ms grain) or took a while. Costs a clock read per grant at a finite rate.
+   * The grant just made was delivered: count it as made when delivery ended, but at most
+   * one millisecond (one tick of `Date.now()`) after it was decided, and without the
+   * refill in between. A consumer that records when it got the grant then sees the
+   * envelope kept on this clock even when delivery crossed a tick; a consumer that works
+   * synchronously for long costs the rate at most 1 ms per grant, not its whole work.
    * @internal
    */
   [kDelivered](): void {
     if (this.#rate === Number.POSITIVE_INFINITY) return
-    const at = this.#scheduler.now()
+    const now = this.#scheduler.now()
+    const at = now < this.#grantedAt + 1 ? now : this.#grantedAt + 1
     if (at > this.#last) this.#last = at
   }
 
@@ -353,6 +357,7 @@ export class TokenBucket implements Limiter {
       this.#tokens = this.#advance(at) - n
       this.#last = at
       this.#lastEvent = at
+      this.#grantedAt = at
     }
     return true
   }

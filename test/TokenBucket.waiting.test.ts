@@ -69,3 +69,36 @@ describe('TokenBucket waiting with a clock that moves during grants', () => {
     expect(state.timers).toEqual([])
   })
 })
+
+describe('a grant counted at delivery costs at most one tick', () => {
+  it('a consumer working 40 ms synchronously delays the next grant by 1 ms, not 40', () => {
+    const { scheduler, state, fire } = manualScheduler()
+    const bucket = new TokenBucket({ rate: 10, burst: 1, scheduler })
+    expect(bucket.allowAt(0, 1)).toBe(true)
+    const granted: number[] = []
+    bucket.take(1).subscribe(() => {
+      granted.push(state.now)
+      state.now += 40 // the consumer's synchronous work, on the bucket's clock
+    })
+    bucket.take(1).subscribe(() => granted.push(state.now))
+    fire()
+    expect(granted).toEqual([100])
+    // Counted as made at 101 (one tick after the decision), not at 140, not at 100.
+    expect(state.timers.map((t) => t.at)).toEqual([201])
+    fire()
+    expect(granted).toEqual([100, 201])
+  })
+
+  it('a delivery shorter than a tick is counted when it ended', () => {
+    const { scheduler, state, fire } = manualScheduler()
+    const bucket = new TokenBucket({ rate: 10, burst: 1, scheduler })
+    expect(bucket.allowAt(0, 1)).toBe(true)
+    bucket.take(1).subscribe(() => {
+      state.now += 0.5
+    })
+    bucket.take(1).subscribe()
+    fire()
+    // Decided at 100, delivered by 100.5: the next is due at 200.5, not at 200.
+    expect(state.timers.map((t) => t.at)).toEqual([200.5])
+  })
+})

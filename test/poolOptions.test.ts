@@ -103,6 +103,13 @@ const bad: [
     TypeError,
   ],
   ['adaptive', { concurrency: 1, adaptive: {} }, /^adaptive must be an Aimd controller/, TypeError],
+  // Regression: only onThrottle was checked; a missing onSuccess hung the pool later.
+  [
+    'adaptive without onSuccess',
+    { concurrency: 1, adaptive: { onThrottle() {}, isThrottle: () => false } },
+    /^adaptive must be an Aimd controller/,
+    TypeError,
+  ],
   ['scheduler', { concurrency: 1, scheduler: {} }, /^scheduler must be a SchedulerLike/, TypeError],
 ]
 

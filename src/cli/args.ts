@@ -8,14 +8,15 @@ export function parseIds(spec: string): (number | string)[] {
   const ids: (number | string)[] = []
   for (const part of spec.split(',').map((s) => s.trim())) {
     if (part === '') throw new UsageError(`--ids: empty item in ${JSON.stringify(spec)}`)
-    const range = /^(\d+)-(\d+)$/.exec(part)
+    // Plain integers; a zero-padded id (007) stays a string, as it was written.
+    const range = /^(0|[1-9]\d*)-(0|[1-9]\d*)$/.exec(part)
     if (range) {
       const from = Number(range[1])
       const to = Number(range[2])
       if (to < from) throw new UsageError(`--ids: range ${part} runs backwards`)
       if (to - from > 10_000_000) throw new UsageError(`--ids: range ${part} is too large`)
       for (let id = from; id <= to; id++) ids.push(id)
-    } else ids.push(/^\d+$/.test(part) ? Number(part) : part)
+    } else ids.push(/^(0|[1-9]\d*)$/.test(part) ? Number(part) : part)
   }
   return ids
 }

@@ -118,19 +118,29 @@ export async function runFetch(
   log: (line: string) => void,
 ): Promise<RunSummary> {
   const { baseUrl, path } = splitUrl(options.url)
-  // Loaded only when asked for: without --redis, ioredis is never imported.
-  const shared = options.redis ? await sharedQuota(options) : null
-  const client = new FanOutClient({
-    baseUrl,
-    path,
-    rate: options.rate,
-    burst: options.burst,
-    maxInFlight: options.concurrency,
-    timeoutMs: options.timeoutMs,
-    retry: { attempts: options.retries },
-    ...(shared ? { limiter: shared.bucket, permits: shared.semaphore } : {}),
-  })
+  // The output first: a path that can't be written is found before anything connects.
   const out: WriteStream | NodeJS.WriteStream = options.out ? openOut(options.out) : process.stdout
+  // Loaded only when asked for: without --redis, ioredis is never imported.
+  let shared: Awaited<ReturnType<typeof sharedQuota>> | null = null
+  let client: FanOutClient
+  try {
+    shared = options.redis ? await sharedQuota(options) : null
+    client = new FanOutClient({
+      baseUrl,
+      path,
+      rate: options.rate,
+      burst: options.burst,
+      maxInFlight: options.concurrency,
+      timeoutMs: options.timeoutMs,
+      retry: { attempts: options.retries },
+      ...(shared ? { limiter: shared.bucket, permits: shared.semaphore } : {}),
+    })
+  } catch (error) {
+    // Nothing may stay open, or the process would not exit.
+    await shared?.close()
+    if (options.out) (out as WriteStream).destroy()
+    throw error
+  }
   const total = new Set(options.ids).size
   const latencies: number[] = []
   let fetched = 0

@@ -358,7 +358,12 @@ export class FanOutClient {
 
   // Adapt to what the server says of its quota: never above the configured rate.
   #heed(headers: Headers): void {
-    if (!headers.ratelimit && !headers['ratelimit-policy'] && !headers['x-ratelimit-remaining'])
+    if (
+      !headers.ratelimit &&
+      !headers['ratelimit-policy'] &&
+      !headers['ratelimit-remaining'] &&
+      !headers['x-ratelimit-remaining']
+    )
       return
     const quota = parseRateLimitHeaders(headers, this.#scheduler.now())
     const limiter = this.#limiter

@@ -33,6 +33,7 @@ export class PoolRun<T, R> {
   #inputDone = false
   #draining = false
   #pumping = false
+  #stopped = false
   #again = false
   feed: Feed | null = null
   readonly bucket: TokenBucket | null
@@ -50,7 +51,7 @@ export class PoolRun<T, R> {
   }
 
   get closed(): boolean {
-    return this.subscriber.closed
+    return this.#stopped || this.subscriber.closed
   }
 
   /** Whether a pull feed should produce another value now. */
@@ -60,7 +61,7 @@ export class PoolRun<T, R> {
       !this.#draining &&
       this.#slots < this.options.concurrency &&
       this.#queue.size === 0 &&
-      !this.subscriber.closed
+      !this.closed
     )
   }
 
@@ -74,7 +75,7 @@ export class PoolRun<T, R> {
 
   /** A value arrives: start it in a free slot, or queue it. */
   offer(value: T): void {
-    if (this.#draining || this.subscriber.closed) return
+    if (this.#draining || this.closed) return
     if (this.#slots < this.options.concurrency && this.#queue.size === 0) {
       this.#start(value)
       return
@@ -98,12 +99,14 @@ export class PoolRun<T, R> {
 
   /** Stop intake; started jobs finish; the output completes after the last of them. */
   drain(): void {
-    if (this.#draining || this.subscriber.closed) return
+    if (this.#draining || this.closed) return
     this.#draining = true
-    this.feed?.stop()
+    // Drop the queue before stopping the feed: stopping a push feed completes it, and
+    // its completion pumps, which would start a queued value in a free slot.
     this.metrics.queued -= this.#queue.size
     this.metrics.dropped += this.#queue.size
     this.#queue.clear()
+    this.feed?.stop()
     const unstarted = this.#taskList().filter((task) => !task.started)
     for (const task of unstarted) this.#release(task)
     this.metrics.dropped += unstarted.length
@@ -113,6 +116,8 @@ export class PoolRun<T, R> {
 
   /** Everything stops at once: intake, token waits, retry delays, running jobs. */
   teardown(reason: unknown): void {
+    // Stopped: nothing more starts or completes, even while the feed winds down below.
+    this.#stopped = true
     this.feed?.stop()
     this.metrics.queued -= this.#queue.size
     this.#queue.clear()
@@ -134,7 +139,7 @@ export class PoolRun<T, R> {
       do {
         this.#again = false
         const concurrency = this.options.concurrency
-        while (this.#slots < concurrency && this.#queue.size > 0 && !this.subscriber.closed) {
+        while (this.#slots < concurrency && this.#queue.size > 0 && !this.closed) {
           this.metrics.queued--
           this.#start(this.#queue.shift() as T)
         }
@@ -144,7 +149,7 @@ export class PoolRun<T, R> {
         (this.#inputDone || this.#draining) &&
         this.#slots === 0 &&
         this.#queue.size === 0 &&
-        !this.subscriber.closed
+        !this.closed
       ) {
         this.subscriber.complete()
       }

@@ -77,7 +77,12 @@ export class Task<T, R> implements TaskContext<T> {
           this.#acquireToken()
         }
       },
-      error: (error: unknown) => run.fail(error),
+      error: (error: unknown) => {
+        // The wait is over, if by an error: no longer counted as waiting.
+        this.#wait = null
+        run.metrics.waiting--
+        run.fail(error)
+      },
     })
     sync = false
     if (granted !== null) {
@@ -124,7 +129,13 @@ export class Task<T, R> implements TaskContext<T> {
         this.#inTokenWait = false
         this.#call()
       },
-      error: (error: unknown) => run.fail(error),
+      error: (error: unknown) => {
+        this.#wait = null
+        run.metrics.waiting--
+        run.tokenWaits--
+        this.#inTokenWait = false
+        run.fail(error)
+      },
     })
     sync = false
     if (granted) {
@@ -216,7 +227,13 @@ export class Task<T, R> implements TaskContext<T> {
     if (this.#isCancelled || !this.#calling) return
     this.#ended()
     const run = this.run
-    run.options.adaptive?.onSuccess(run.busy)
+    try {
+      run.options.adaptive?.onSuccess(run.busy)
+    } catch (error) {
+      // A controller that throws fails the pool, rather than leaving this slot held.
+      run.fail(error)
+      return
+    }
     run.settle(this, {
       ok: true,
       job: this.job,

@@ -117,7 +117,10 @@ export function resolvePoolOptions(options: PoolOptions): ResolvedPoolOptions {
   const adaptive = options.adaptive ?? null
   if (
     adaptive !== null &&
-    (typeof adaptive !== 'object' || typeof adaptive.onThrottle !== 'function')
+    (typeof adaptive !== 'object' ||
+      typeof adaptive.onThrottle !== 'function' ||
+      typeof adaptive.onSuccess !== 'function' ||
+      typeof adaptive.isThrottle !== 'function')
   ) {
     throw invalidOption(TypeError, 'adaptive', 'an Aimd controller (see aimd())', adaptive)
   }

@@ -28,6 +28,10 @@ export function subscribePool<T, R>(
   const fail = (error: unknown, reason: unknown) => {
     if (subscriber.closed) return
     stopReason = reason
+    // Stop everything before the error is delivered: RxJS runs finalizers after the
+    // downstream's error callback, and that callback may free a shared token that would
+    // otherwise start one of this pool's waiting jobs.
+    run?.teardown(reason)
     subscriber.error(error)
   }
 

@@ -115,6 +115,11 @@ export class RedisSemaphore implements Permits {
       this.#try()
       return () => {
         this.#waiters.remove(node)
+        if (this.#waiters.size === 0) {
+          // Nobody waits any more: no poll to keep the event loop alive.
+          this.#poll?.unsubscribe()
+          this.#poll = null
+        }
       }
     })
   }

@@ -248,7 +248,8 @@ export class RedisTokenBucket implements Limiter {
       })
       return
     }
-    this.#call(this.#store.reserve(this.#rate, this.#burst, n, Number.POSITIVE_INFINITY)).then(
+    const request = this.#store.reserve(this.#rate, this.#burst, n, Number.POSITIVE_INFINITY)
+    this.#call(request).then(
       (reservation) => {
         if (this.#head !== head) {
           // The waiter left (or a re-plan replaced it) while Redis was deciding.
@@ -278,6 +279,11 @@ export class RedisTokenBucket implements Limiter {
         head.timer = this.#scheduler.schedule(() => this.#grant(node), Math.ceil(reservation.wait))
       },
       (error: unknown) => {
+        // Timed out here, the reservation may still be made in Redis: give it back then.
+        request.then(
+          (late) => this.#cancel(late, n),
+          () => {},
+        )
         if (this.#head !== head) return
         this.#storeFailed(error)
       },
@@ -298,11 +304,19 @@ export class RedisTokenBucket implements Limiter {
     this.#log?.warn({ err: error, policy: this.#policy }, 'redis failed')
     this.#head = null
     if (this.#policy === 'fail-closed') {
+      // Every waiter leaves the queue before any is told: telling one must not send the
+      // next one's reservation to the store that just failed.
       const failure = new StoreUnavailableError(
         'redis is unavailable: no grant (fail-closed)',
         error,
       )
-      for (let node = this.#waiters.head; node; node = this.#waiters.head) this.#fail(node, failure)
+      const waiters: Waiter[] = []
+      for (let node = this.#waiters.head; node; node = this.#waiters.head) {
+        this.#waiters.remove(node)
+        waiters.push(node.value)
+      }
+      for (const waiter of waiters) waiter.subscriber.error(failure)
+      this.#plan()
       return
     }
     // local-fallback: a conservative local bucket until Redis answers again — the share of

@@ -41,7 +41,7 @@ local function keep(extra)
   local ttl = 1000 + extra
   if paused > now then ttl = ttl + (paused - now) end
   if rate > 0 and tokens < burst then ttl = ttl + (burst - tokens) * 1000 / rate end
-  if s[5] or s[6] or redis.call('HEXISTS', key, 'r') == 1 or redis.call('HEXISTS', key, 'b') == 1 then
+  if s[5] or s[6] then
     ttl = math.max(ttl, 86400000)
   end
   redis.call('PEXPIRE', key, math.ceil(ttl))
@@ -106,9 +106,10 @@ return f(restore)
 export const CONFIGURE = `${PRELUDE}
 tokens = advance()
 redis.call('HSET', key, 't', f(tokens), 'l', f(now))
-if ARGV[4] ~= '' then rate = tonumber(ARGV[4]); redis.call('HSET', key, 'r', ARGV[4]) end
+if ARGV[4] ~= '' then rate = tonumber(ARGV[4]); s[5] = ARGV[4]; redis.call('HSET', key, 'r', ARGV[4]) end
 if ARGV[5] ~= '' then
   burst = tonumber(ARGV[5])
+  s[6] = ARGV[5]
   redis.call('HSET', key, 'b', ARGV[5])
   if tokens > burst then tokens = burst; redis.call('HSET', key, 't', f(tokens)) end
 end

@@ -43,6 +43,9 @@ describe('parseIds', () => {
   it('ranges, lists and names', () => {
     expect(parseIds('1-3,7,alice')).toEqual([1, 2, 3, 7, 'alice'])
   })
+  it('a zero-padded id stays as written (not 7)', () => {
+    expect(parseIds('007,0,10')).toEqual(['007', 0, 10])
+  })
   it.each([['5-1'], ['1,,2'], ['1-99999999']])('%s is a usage error', (spec) => {
     expect(() => parseIds(spec)).toThrow(UsageError)
   })
@@ -142,6 +145,23 @@ describe('main()', () => {
     [['fetch', '--url', 'http://x/{id}', '--ids', '1', '--rate', '0']],
     [['fetch', '--url', 'http://x/{id}', '--ids', '1', '--redis', 'http://x', '--key', 'k']],
     [['fetch', '--url', 'http://x/{id}', '--ids', '1', '--redis', 'redis://x']],
+    // Regression: the Redis clients were opened before the output, and kept the process
+    // alive after this usage error. The output is now checked before anything connects.
+    [
+      [
+        'fetch',
+        '--url',
+        'http://x/{id}',
+        '--ids',
+        '1',
+        '--redis',
+        'redis://127.0.0.1:6399',
+        '--key',
+        'k',
+        '--out',
+        '/nonexistent/dir/x',
+      ],
+    ],
     [['demo', '--bogus']],
   ])('bad usage %j: exit 2', async (argv) => {
     const r = await run(argv)

@@ -134,7 +134,7 @@ describe('RateLimit headers, end to end', () => {
   function exhaustedFor(a: Arrival): number {
     const h = a.headers ?? {}
     if (h.ratelimit) return Number(/reset=(\d+)/.exec(h.ratelimit)?.[1]) * 1000
-    const reset = Number(h['x-ratelimit-reset'])
+    const reset = Number(h['x-ratelimit-reset'] ?? h['ratelimit-reset'])
     return reset > 1e9 ? reset * 1000 - (a.sentAtEpoch as number) : reset * 1000
   }
 
@@ -146,6 +146,11 @@ describe('RateLimit headers, end to end', () => {
     [
       'X-RateLimit-Remaining: 0, X-RateLimit-Reset: 1',
       () => ({ 'x-ratelimit-limit': '5', 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '1' }),
+    ],
+    [
+      // Draft 6's separate fields (regression: they were parsed but never heeded).
+      'RateLimit-Remaining: 0, RateLimit-Reset: 1',
+      () => ({ 'ratelimit-limit': '5', 'ratelimit-remaining': '0', 'ratelimit-reset': '1' }),
     ],
     [
       'X-RateLimit-Reset as epoch seconds',
