@@ -89,8 +89,6 @@ export class TokenBucket implements Limiter {
   // The latest time to act of any reservation, past or future (Go's `lastEvent`).
   #lastEvent = Number.NEGATIVE_INFINITY
   #pausedUntil = Number.NEGATIVE_INFINITY
-  // When the last grant through take() was decided (see kDelivered).
-  #grantedAt = Number.NEGATIVE_INFINITY
   readonly #scheduler: SchedulerLike
   readonly #waiters = new LinkedList<Waiter>()
   #timer: Subscription | null = null
@@ -276,17 +274,19 @@ export class TokenBucket implements Limiter {
   }
 
   /**
-   * The grant just made was delivered: count it as made when delivery ended, but at most
-   * one millisecond (one tick of `Date.now()`) after it was decided, and without the
-   * refill in between. A consumer that records when it got the grant then sees the
-   * envelope kept on this clock even when delivery crossed a tick; a consumer that works
-   * synchronously for long costs the rate at most 1 ms per grant, not its whole work.
+   * The grant just made was delivered: count it as made when delivery ended — the value
+   * emitted and the consumer's synchronous handling of it done, or the job's process
+   * function called and returned — without the refill in between. Whatever instant the
+   * consumer records while handling the grant then keeps the envelope on this clock,
+   * even when delivery crossed a tick of `Date.now()` or the process stalled. The price:
+   * a consumer's synchronous work per grant is not refilled (a 40 ms handler at 10/s gives
+   * about 7/s); keep heavy work off the synchronous path (`observeOn(asapScheduler)`).
+   * Costs a clock read per grant at a finite rate.
    * @internal
    */
   [kDelivered](): void {
     if (this.#rate === Number.POSITIVE_INFINITY) return
-    const now = this.#scheduler.now()
-    const at = now < this.#grantedAt + 1 ? now : this.#grantedAt + 1
+    const at = this.#scheduler.now()
     if (at > this.#last) this.#last = at
   }
 
@@ -357,7 +357,6 @@ export class TokenBucket implements Limiter {
       this.#tokens = this.#advance(at) - n
       this.#last = at
       this.#lastEvent = at
-      this.#grantedAt = at
     }
     return true
   }
