@@ -1,17 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import {
-  asyncScheduler,
-  Observable,
-  type SchedulerLike,
-  type Subscriber,
-  type Subscription,
-} from 'rxjs'
+import { Observable, type SchedulerLike, type Subscriber, type Subscription } from 'rxjs'
 import { LinkedList, type Node } from '../internal/LinkedList.js'
 import { checkInteger, invalidOption } from '../internal/validate.js'
 import type { Permits, Release } from '../Permits.js'
-import { checkKey, connect, within } from './connection.js'
+import { checkKey, setUp, within } from './connection.js'
 import { StoreUnavailableError } from './errors.js'
 import { SemaphoreStore } from './store.js'
 
@@ -87,10 +81,10 @@ export class RedisSemaphore implements Permits {
       )
     }
     this.#pollMs = checkInteger('pollMs', options.pollMs ?? 1000, 1)
-    this.#timeoutMs = checkInteger('storeTimeoutMs', options.storeTimeoutMs ?? 1000, 1)
-    this.#scheduler = options.scheduler ?? asyncScheduler
-    this.#log = options.logger?.child({ component: 'rx-fanout/redis', key }) ?? null
-    const { client, owned } = connect(options.redis, options.logger)
+    const { timeoutMs, scheduler, log, client, owned } = setUp(options, key)
+    this.#timeoutMs = timeoutMs
+    this.#scheduler = scheduler
+    this.#log = log
     this.#client = client
     this.#owned = owned
     this.#store = new SemaphoreStore(client, `${key}:permits`)

@@ -1,18 +1,12 @@
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import {
-  asyncScheduler,
-  Observable,
-  type SchedulerLike,
-  type Subscriber,
-  type Subscription,
-} from 'rxjs'
+import { Observable, type SchedulerLike, type Subscriber, type Subscription } from 'rxjs'
 import { BurstExceededError } from '../errors.js'
 import { LinkedList, type Node } from '../internal/LinkedList.js'
 import { checkInteger, checkRate, checkTokens, invalidOption } from '../internal/validate.js'
 import type { Limiter } from '../Limiter.js'
 import { TokenBucket } from '../TokenBucket.js'
-import { checkKey, connect, within } from './connection.js'
+import { checkKey, setUp, within } from './connection.js'
 import { StoreUnavailableError } from './errors.js'
 import { BucketStore, type StoreReservation } from './store.js'
 
@@ -98,11 +92,11 @@ export class RedisTokenBucket implements Limiter {
       throw invalidOption(RangeError, 'localShare', 'a number in (0, 1]', share)
     }
     this.#share = share
-    this.#timeoutMs = checkInteger('storeTimeoutMs', options.storeTimeoutMs ?? 1000, 1)
     this.#retryAfterMs = checkInteger('retryStoreAfterMs', options.retryStoreAfterMs ?? 1000, 0)
-    this.#scheduler = options.scheduler ?? asyncScheduler
-    this.#log = options.logger?.child({ component: 'rx-fanout/redis', key }) ?? null
-    const { client, owned } = connect(options.redis, options.logger)
+    const { timeoutMs, scheduler, log, client, owned } = setUp(options, key)
+    this.#timeoutMs = timeoutMs
+    this.#scheduler = scheduler
+    this.#log = log
     this.#client = client
     this.#owned = owned
     this.#store = new BucketStore(client, `${key}:bucket`)

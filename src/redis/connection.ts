@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import { type SchedulerLike, type Subscription } from 'rxjs'
-import { invalidOption } from '../internal/validate.js'
+import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs'
+import { checkInteger, invalidOption } from '../internal/validate.js'
 
 /** A client given, or one made from a URL (then owned: quit on close). */
 export function connect(
@@ -50,4 +50,25 @@ export function checkKey(key: unknown): string {
     throw invalidOption(TypeError, 'key', 'a non-empty string', key)
   }
   return key
+}
+
+/** What RedisTokenBucket and RedisSemaphore are both given. */
+export interface RedisOptions {
+  redis: Redis | string
+  storeTimeoutMs?: number
+  logger?: Logger
+  scheduler?: SchedulerLike
+}
+
+/**
+ * The setup both Redis classes share: the store timeout, the clock, a child logger for
+ * `key`, and the client. Called after every other option is checked, so that an invalid
+ * option never leaves a connection open.
+ */
+export function setUp(options: RedisOptions, key: string) {
+  const timeoutMs = checkInteger('storeTimeoutMs', options.storeTimeoutMs ?? 1000, 1)
+  const scheduler = options.scheduler ?? asyncScheduler
+  const log = options.logger?.child({ component: 'rx-fanout/redis', key }) ?? null
+  const { client, owned } = connect(options.redis, options.logger)
+  return { timeoutMs, scheduler, log, client, owned }
 }
