@@ -7,6 +7,7 @@ import {
 } from 'rxjs'
 import { BurstExceededError } from './errors.js'
 import { LinkedList } from './internal/LinkedList.js'
+import { MAX_TIMER_MS } from './internal/scheduleAfter.js'
 import { kDelivered, kTakeNow } from './internal/symbols.js'
 import { checkInteger, checkRate, checkTokens, invalidOption } from './internal/validate.js'
 import type { Limiter } from './Limiter.js'
@@ -409,7 +410,9 @@ export class TokenBucket implements Limiter {
       this.#stopTimer()
       return
     }
-    const delay = Math.max(0, Math.ceil(due - now - TIME_EPSILON))
+    // A wait longer than a timer can hold is waited in steps: the timer fires, finds the
+    // head not yet due, and aims again (Node would fire a longer timer after 1 ms).
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, Math.ceil(due - now - TIME_EPSILON)))
     const fireAt = now + delay
     if (this.#timer !== null && this.#timerAt === fireAt) return
     this.#stopTimer()
