@@ -15,8 +15,12 @@ export interface Limiter {
   pauseFor?(ms: number): void
   /** Tokens per second, if the limiter has one (`Infinity` = unlimited). */
   readonly rate?: number
-  /** Changes the rate now; waiters are re-planned. */
-  setRate?(rate: number): void
+  /**
+   * Changes the rate now; waiters are re-planned. `forMs` asks for a temporary change (a
+   * quota learned from a header): a shared limiter stores it for that long at most, then
+   * its configured rate is back; an in-process one may keep it.
+   */
+  setRate?(rate: number, options?: { forMs?: number }): void
 }
 
 /** The options form of a limiter: a fresh in-process bucket is made from it. */

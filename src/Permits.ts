@@ -9,7 +9,13 @@ export type Release = () => void
  * takes a permit after a local slot and before the token, and keeps it across retries.
  */
 export interface Permits {
-  /** Emits one `Release` when a permit is granted; unsubscribing before gives up the place. */
+  /**
+   * Emits one `Release` when a permit is granted; unsubscribing before gives up the place.
+   * The Observable may stay open while the permit is held and error when the permit is
+   * lost (`LeaseLostError`, `code: 'RX_FANOUT_LEASE_LOST'`): the pool then ends the job's
+   * running attempt at once, its signal aborted with that error, as a failed attempt.
+   * Completing, at any time after the `Release`, means nothing more will be said.
+   */
   acquire(): Observable<Release>
 }
 

@@ -10,6 +10,9 @@ export type RxFanoutErrorCode =
   | 'RX_FANOUT_JOB_FAILED'
   | 'RX_FANOUT_QUEUE_OVERFLOW'
   | 'RX_FANOUT_CANCELLED'
+  | 'RX_FANOUT_LEASE_LOST'
+  | 'RX_FANOUT_STORE_UNAVAILABLE'
+  | 'RX_FANOUT_CONFIG_CONFLICT'
 
 /** A request for more tokens than the bucket can ever hold at its current burst. */
 export class BurstExceededError extends RangeError {
@@ -70,6 +73,21 @@ export class CancelledError extends Error {
   readonly code = 'RX_FANOUT_CANCELLED'
   override readonly name = 'AbortError'
   constructor(message = 'the job was cancelled', cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause })
+  }
+}
+
+/**
+ * A permit (a lease on a shared cap) was lost while held: it could not be confirmed before
+ * it might have expired, or the store answered that it was gone. The job holding it is
+ * ended at once, its signal aborted with this error, so the permit is not in use twice;
+ * the pool treats it as that attempt's failure (retryable).
+ */
+export class LeaseLostError extends Error {
+  readonly code = 'RX_FANOUT_LEASE_LOST'
+  override readonly name = 'LeaseLostError'
+  declare readonly cause: unknown
+  constructor(message: string, cause?: unknown) {
     super(message, cause === undefined ? undefined : { cause })
   }
 }

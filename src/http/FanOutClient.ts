@@ -35,8 +35,18 @@ const EXCERPT_BYTES = 256
 
 /** One fetch call's requests: aborted together when the call ends. */
 interface Call {
-  readonly signal: EventEmitter
-  aborted: boolean
+  readonly signal: EventEmitter | AbortSignal
+  readonly aborted: boolean
+}
+
+/** A single job's requests, cut by its own signal. */
+function jobCall(signal: AbortSignal): Call {
+  return {
+    signal,
+    get aborted() {
+      return signal.aborted
+    },
+  }
 }
 
 function encodeId(id: Id): string {
@@ -223,24 +233,31 @@ export class FanOutClient {
       // One abort for the call's requests, fired when the call ends however it ends (a
       // failure, an unsubscribe, an abort): an EventEmitter, which undici takes as a signal,
       // costs far less per request than an AbortSignal per job.
-      const requests: Call = { signal: new EventEmitter(), aborted: false }
+      const requests = { signal: new EventEmitter(), aborted: false }
       requests.signal.setMaxListeners(0)
-      const sub = ratePoolFrom(unique, (id, ctx) => this.#fetchOne(id, ctx.attempt, requests), {
-        concurrency: this.#maxInFlight,
-        limiter: this.#limiter,
-        ...(this.#permits ? { permits: this.#permits } : {}),
-        errors,
-        retry: {
-          attempts: this.#attempts,
-          baseDelayMs: this.#baseDelayMs,
-          maxDelayMs: Math.max(this.#baseDelayMs, this.#maxDelayMs),
-          retryable: isRetryableHttpError,
+      // With shared permits a job can lose its permit mid-request: its own signal (which
+      // the pool also aborts at the call's end) must cut that request alone.
+      const perJob = this.#permits !== null
+      const sub = ratePoolFrom(
+        unique,
+        (id, ctx) => this.#fetchOne(id, ctx.attempt, perJob ? jobCall(ctx.signal) : requests),
+        {
+          concurrency: this.#maxInFlight,
+          limiter: this.#limiter,
+          ...(this.#permits ? { permits: this.#permits } : {}),
+          errors,
+          retry: {
+            attempts: this.#attempts,
+            baseDelayMs: this.#baseDelayMs,
+            maxDelayMs: Math.max(this.#baseDelayMs, this.#maxDelayMs),
+            retryable: isRetryableHttpError,
+          },
+          signal: controller.signal,
+          ...(drain !== undefined ? { drain } : {}),
+          ...(this.#adaptive ? { adaptive: this.#adaptive } : {}),
+          scheduler: this.#scheduler,
         },
-        signal: controller.signal,
-        ...(drain !== undefined ? { drain } : {}),
-        ...(this.#adaptive ? { adaptive: this.#adaptive } : {}),
-        scheduler: this.#scheduler,
-      })
+      )
         .pipe(
           // The caller wants the failure itself, with its id and status, not the wrapper.
           catchError((error: unknown) =>
@@ -370,7 +387,10 @@ export class FanOutClient {
     if (quota.rate !== undefined && limiter.setRate && limiter.rate !== undefined) {
       const target = Math.min(quota.rate, this.#configuredRate ?? quota.rate)
       if (target < limiter.rate) {
-        limiter.setRate(target)
+        // Lowered until the quota resets, and never longer than a Retry-After may last: a
+        // shared limiter stores it for every process, so a stray header can't hold it.
+        const forMs = Math.min(quota.resetMs ?? this.#maxRetryAfterMs, this.#maxRetryAfterMs)
+        limiter.setRate(target, { forMs: Math.max(1, Math.ceil(forMs)) })
         this.#log?.warn({ rate: target }, 'server declared a lower quota; rate lowered')
       }
     }

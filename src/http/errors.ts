@@ -1,3 +1,4 @@
+import { LeaseLostError } from '../errors.js'
 /** An id that the fan-out client fetched or tried to. */
 export type Id = number | string
 
@@ -71,6 +72,8 @@ const RETRY_STATUSES = new Set([429, 502, 503, 504])
 
 /** Worth another try for an idempotent GET: 429, 502, 503, 504 and connection resets. */
 export function isRetryableHttpError(error: unknown): boolean {
+  // A shared permit lost mid-request: the request was cut, and another permit may come.
+  if (error instanceof LeaseLostError) return true
   if (error instanceof HttpStatusError) return RETRY_STATUSES.has(error.status)
   if (error instanceof RequestError) {
     const code = (error.cause as { code?: unknown })?.code

@@ -32,6 +32,8 @@ export interface DeclaredQuota {
   rate?: number
   /** Ms until the quota resets, when the server says nothing is left. */
   exhaustedForMs?: number
+  /** Ms until the quota's window resets, when the server says (or its window, else). */
+  resetMs?: number
 }
 
 // A structured-field-ish parameter list: `10;w=1`, `"default";q=10;w=1`, `limit=10, w=1`.
@@ -62,7 +64,10 @@ export function parseRateLimitHeaders(headers: Headers, now: number): DeclaredQu
     const p = params(policy.split(',')[0] as string)
     const q = num(p.get('q') ?? p.get('limit'))
     const w = num(p.get('w') ?? p.get('window'))
-    if (q !== undefined && w !== undefined && q > 0 && w > 0) quota.rate = q / w
+    if (q !== undefined && w !== undefined && q > 0 && w > 0) {
+      quota.rate = q / w
+      quota.resetMs = w * 1000
+    }
   }
   const state = first(headers.ratelimit)
   let remaining: number | undefined
@@ -77,6 +82,7 @@ export function parseRateLimitHeaders(headers: Headers, now: number): DeclaredQu
     // X-RateLimit-Reset is often an epoch in seconds rather than a delay.
     if (reset !== undefined && reset > 1e9) reset = Math.max(0, reset - now / 1000)
   }
+  if (reset !== undefined && reset >= 0) quota.resetMs = reset * 1000
   if (remaining === 0 && reset !== undefined && reset > 0) quota.exhaustedForMs = reset * 1000
   return quota
 }

@@ -3,6 +3,7 @@ import type { Release } from '../Permits.js'
 import type { Job, ProcessFn, TaskContext } from '../types.js'
 import type { Node } from './LinkedList.js'
 import type { PoolRun } from './PoolRun.js'
+import { scheduleAfter } from './scheduleAfter.js'
 import { kDelivered, kTakeNow } from './symbols.js'
 
 // Orders token requests across every pool, so that waits can be given up newest first.
@@ -63,7 +64,7 @@ export class Task<T, R> implements TaskContext<T> {
     run.metrics.waiting++
     let sync = true
     let granted: Release | null = null
-    const wait = permits.acquire().subscribe({
+    const sub = permits.acquire().subscribe({
       next: (release) => {
         if (sync) {
           granted = release
@@ -78,25 +79,62 @@ export class Task<T, R> implements TaskContext<T> {
         }
       },
       error: (error: unknown) => {
+        if (this.#release !== null || granted !== null) {
+          this.#permitLost(error)
+          return
+        }
         // The wait is over, if by an error: no longer counted as waiting.
         this.#wait = null
         run.metrics.waiting--
         run.fail(error)
       },
     })
+    this.#permit = sub
     sync = false
     if (granted !== null) {
       run.metrics.waiting--
       this.#release = granted
       this.#acquireToken()
-    } else if (!wait.closed) this.#wait = wait
+    } else if (!sub.closed) this.#wait = sub
   }
 
   /** Gives the shared permit back, if the job holds one. */
   releasePermit(): void {
     const release = this.#release
+    const permit = this.#permit
     this.#release = null
+    this.#permit = null
     release?.()
+    permit?.unsubscribe()
+  }
+
+  // The permit was lost while held (a shared lease that could not be confirmed): the
+  // attempt running on it ends now, its signal aborted with the loss, as a failed attempt;
+  // a job still waiting for its token asks for a permit again.
+  #permitLost(error: unknown): void {
+    this.#release = null
+    this.#permit = null
+    if (this.#isCancelled) return
+    const run = this.run
+    if (this.#calling) {
+      const running = this.#wait
+      this.#controller?.abort(error)
+      this.#failed(error)
+      running?.unsubscribe()
+      return
+    }
+    if (this.#inTokenWait) {
+      const wait = this.#wait
+      this.#wait = null
+      this.#inTokenWait = false
+      run.metrics.waiting--
+      run.tokenWaits--
+      wait?.unsubscribe()
+      // The attempt that was waiting never started: it is asked for again, whole.
+      this.attempt--
+      this.acquire()
+    }
+    // In a retry delay: the next attempt asks for a permit first (acquire sees none held).
   }
 
   #acquireToken(): void {
@@ -169,6 +207,7 @@ export class Task<T, R> implements TaskContext<T> {
   #calling = false
   #inTokenWait = false
   #release: Release | null = null
+  #permit: Subscription | null = null
 
   #call(): void {
     const run = this.run
@@ -177,16 +216,25 @@ export class Task<T, R> implements TaskContext<T> {
       this.#startedAt = run.options.scheduler.now()
     }
     this.#calling = true
+    // Each attempt has its own signal: a retry must not start with an aborted one.
+    this.#controller = null
     run.metrics.inFlight++
     let input: ObservableInput<R>
     let source: Observable<R>
     try {
       input = run.process(this.job.value, this)
       if (input instanceof Promise) {
-        // The common case, without an Observable around it.
+        // The common case, without an Observable around it. An attempt ended early (its
+        // permit lost) may settle later, even during the next attempt: only this one's
+        // own outcome counts.
+        const attempt = this.attempt
         input.then(
-          (value: R) => this.#succeeded(value),
-          (error: unknown) => this.#failed(error),
+          (value: R) => {
+            if (attempt === this.attempt) this.#succeeded(value)
+          },
+          (error: unknown) => {
+            if (attempt === this.attempt) this.#failed(error)
+          },
         )
         return
       }
@@ -270,11 +318,15 @@ export class Task<T, R> implements TaskContext<T> {
     if (retry) {
       run.metrics.retried++
       run.metrics.waiting++
-      this.#wait = options.scheduler.schedule(() => {
-        this.#wait = null
-        run.metrics.waiting--
-        this.acquire()
-      }, delay)
+      this.#wait = scheduleAfter(
+        options.scheduler,
+        () => {
+          this.#wait = null
+          run.metrics.waiting--
+          this.acquire()
+        },
+        delay,
+      )
       return
     }
     run.settle(this, {

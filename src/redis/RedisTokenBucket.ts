@@ -1,124 +1,199 @@
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { Observable, type SchedulerLike, type Subscriber, type Subscription } from 'rxjs'
 import { BurstExceededError } from '../errors.js'
 import { LinkedList, type Node } from '../internal/LinkedList.js'
+import { scheduleAfter } from '../internal/scheduleAfter.js'
 import { checkInteger, checkRate, checkTokens, invalidOption } from '../internal/validate.js'
 import type { Limiter } from '../Limiter.js'
 import { TokenBucket } from '../TokenBucket.js'
-import { checkKey, setUp, within } from './connection.js'
-import { StoreUnavailableError } from './errors.js'
-import { BucketStore, type StoreReservation } from './store.js'
+import {
+  checkKey,
+  checkPolicy,
+  type RedisLike,
+  type RedisOptions,
+  setUp,
+  watchBreaks,
+  within,
+} from './connection.js'
+import { ConfigConflictError, StoreUnavailableError } from './errors.js'
+import { type BatchAnswer, BucketStore, type Granted } from './store.js'
 
-export interface RedisTokenBucketOptions {
-  /** An ioredis client (not closed by `close()`), or a redis:// URL (owned). */
-  redis: Redis | string
-  /** Namespace: the state lives at `${key}:bucket`. */
+export interface RedisTokenBucketOptions extends RedisOptions {
+  /** An ioredis `Redis` or `Cluster` (not closed by `close()`), or a redis:// URL (owned). */
+  redis: RedisLike
+  /** Names the bucket: its state lives at `{key}:bucket` (one hash slot). No braces. */
   key: string
-  /** Tokens per second (> 0, or Infinity), unless `setRate` stored another. */
+  /**
+   * Tokens per second (> 0, or Infinity). Stored with the key on first use: a process
+   * that names the key with another rate or burst is refused (`RX_FANOUT_CONFIG_CONFLICT`).
+   */
   rate: number
-  /** Capacity, an integer ≥ 1, unless `setBurst` stored another. */
+  /** Capacity, an integer ≥ 1 (stored with the key, as `rate`). */
   burst: number
   /** When Redis fails: stop granting (`'fail-closed'`, default) or grant from a local bucket. */
   onStoreError?: 'fail-closed' | 'local-fallback'
   /** The local bucket's share of rate and burst under 'local-fallback'. Default 0.25. */
   localShare?: number
-  /** How long a Redis call may take before it counts as failed. Default 1000 ms. */
-  storeTimeoutMs?: number
   /** Under 'local-fallback', try Redis again after this long. Default 1000 ms. */
   retryStoreAfterMs?: number
-  logger?: Logger
-  scheduler?: SchedulerLike
+  /** How long a `setRate`/`setBurst` lasts for everyone unless told. Default 60 000 ms. */
+  overrideMs?: number
+  /**
+   * Besides the first waiter, reserve in the same round trip for the waiters behind it
+   * whose tokens come within this many ms. Default 100.
+   */
+  reserveAheadMs?: number
+}
+
+// A waiter's state: in the queue; in a request to Redis; holding a reservation; waiting
+// on the local bucket; granted (delivered as soon as it is at the head).
+const QUEUED = 0
+const ASKED = 1
+const HELD = 2
+const LOCAL = 3
+const READY = 4
+
+interface Held {
+  /** When it may act, on this process's clock (the reply's arrival plus the wait). */
+  dueAt: number
+  timeToAct: string
+  rateThen: string
+  inc: string
+  /** The connection generation it was reserved in: a break since means confirm first. */
+  generation: number
 }
 
 interface Waiter {
   readonly n: number
   readonly subscriber: Subscriber<void>
+  state: number
+  held: Held | null
+  local: Subscription | null
 }
 
-// The head's pending work: a reservation request, a timer till its time to act, or a
-// wait on the fallback bucket.
-interface Head {
-  node: Node<Waiter>
-  reservation: StoreReservation | null
-  timer: Subscription | null
-  fallback: Subscription | null
+interface Batch {
+  nodes: Node<Waiter>[]
+  epoch: number
+  generation: number
+  debt: number
+  confirm: boolean
 }
+
+// Most waiters one process holds reservations for (or asks for) at a time.
+const MAX_AHEAD = 64
 
 /**
  * A token bucket shared by every process that names the same `key`: the in-process
  * `TokenBucket`'s semantics (Go's x/time/rate: starts full, lazy refill, reservations in
  * debt, cancel gives back what it can), kept in one Redis hash and changed atomically by
- * one Lua script per grant, on Redis's clock.
+ * Lua scripts, on Redis's clock.
  *
- * Waiting costs one round trip per grant: the head of this process's FIFO queue reserves
- * its tokens (going into debt if need be), learns from the script how long to wait, and
- * sleeps on the scheduler; a waiter that gives up cancels its reservation, which gives
- * back what later reservations did not build on. `setRate`, `setBurst` and `pauseFor` are
- * stored for every process and re-plan this process's head at once.
+ * Waiters of one process are served first come, first served. The first waiter reserves
+ * its tokens (going into debt if need be) and, in the same round trip, those behind it
+ * whose tokens come within `reserveAheadMs`; each then waits on this process's clock for
+ * its time to act. A waiter that gives up cancels its reservation (Go's CancelAt, newest
+ * first). Long waits are waited in steps, never cut short by a timer's limits.
+ *
+ * Faults: a lost state (a restart, FLUSHALL, a failover) never comes back fuller than the
+ * envelope allows (see scripts.ts), and reservations made before a connection broke are
+ * confirmed before they are used. Under `'local-fallback'` the grants made while Redis
+ * is away come from one local bucket (a share of rate and burst, never refilled at a
+ * flap) and are charged to the shared bucket as debt when Redis answers again.
  */
 export class RedisTokenBucket implements Limiter {
   readonly #store: BucketStore
-  readonly #client: Redis
+  readonly #client: Redis | Cluster
   readonly #owned: boolean
   readonly #scheduler: SchedulerLike
   readonly #policy: 'fail-closed' | 'local-fallback'
   readonly #share: number
   readonly #timeoutMs: number
   readonly #retryAfterMs: number
+  readonly #overrideMs: number
+  readonly #aheadMs: number
   readonly #log: Logger | null
+  readonly #key: string
+  readonly #configured: { rate: number; burst: number }
   #rate: number
   #burst: number
+  #overrideEnds = Number.NEGATIVE_INFINITY
   readonly #waiters = new LinkedList<Waiter>()
-  #head: Head | null = null
+  #batch: Batch | null = null
+  #timer: Subscription | null = null
+  #timerAt = Number.NaN
+  #holdOffUntil = Number.NEGATIVE_INFINITY
+  #pausedUntil = Number.NEGATIVE_INFINITY
+  #epoch = 0
+  #generation = 0
+  #verified = false
   #fallback: TokenBucket | null = null
+  #fallingBack = false
   #probeAt = Number.NEGATIVE_INFINITY
+  #debt = 0
+  #cancels: { held: Held; n: number }[] = []
+  #planning = false
+  #again = false
   #closed = false
+  readonly #unwatch: () => void
+  #roundTrips = 0
 
   constructor(options: RedisTokenBucketOptions) {
     if (typeof options !== 'object' || options === null) {
       throw invalidOption(TypeError, 'options', 'an object { redis, key, rate, burst }', options)
     }
     const key = checkKey(options.key)
+    this.#key = key
     this.#rate = checkRate('rate', options.rate, false)
     this.#burst = checkInteger('burst', options.burst, 1)
-    const policy = options.onStoreError ?? 'fail-closed'
-    if (policy !== 'fail-closed' && policy !== 'local-fallback') {
-      throw invalidOption(RangeError, 'onStoreError', "'fail-closed' or 'local-fallback'", policy)
-    }
+    this.#configured = { rate: this.#rate, burst: this.#burst }
+    const { policy, share } = checkPolicy(options)
     this.#policy = policy
-    const share = options.localShare ?? 0.25
-    if (typeof share !== 'number' || !(share > 0 && share <= 1)) {
-      throw invalidOption(RangeError, 'localShare', 'a number in (0, 1]', share)
-    }
     this.#share = share
     this.#retryAfterMs = checkInteger('retryStoreAfterMs', options.retryStoreAfterMs ?? 1000, 0)
-    const { timeoutMs, scheduler, log, client, owned } = setUp(options, key)
+    this.#overrideMs = checkInteger('overrideMs', options.overrideMs ?? 60_000, 1)
+    this.#aheadMs = checkInteger('reserveAheadMs', options.reserveAheadMs ?? 100, 0)
+    const { timeoutMs, coldStart, scheduler, log, client, owned } = setUp(options, key)
     this.#timeoutMs = timeoutMs
     this.#scheduler = scheduler
     this.#log = log
     this.#client = client
     this.#owned = owned
-    this.#store = new BucketStore(client, `${key}:bucket`)
+    this.#store = new BucketStore(client, `{${key}}:bucket`, { coldStart })
+    this.#unwatch = watchBreaks(client, () => {
+      this.#generation++
+    })
   }
 
-  /** This process's view of the rate (what it last set, or was configured with). */
+  /** This process's view of the rate: what it last set (while that lasts), or configured. */
   get rate(): number {
+    this.#expireOverride()
     return this.#rate
   }
 
   get burst(): number {
+    this.#expireOverride()
     return this.#burst
   }
 
   /** Whether grants currently come from the local fallback bucket. */
   get fallingBack(): boolean {
-    return this.#fallback !== null
+    return this.#fallingBack
+  }
+
+  /** Waiters in this process. */
+  get waiting(): number {
+    return this.#waiters.size
+  }
+
+  /** Redis round trips made for grants so far (reservations and confirmations). */
+  get roundTrips(): number {
+    return this.#roundTrips
   }
 
   /** The shared state as Redis has it now. */
   peek() {
-    return this.#call(this.#store.peek(this.#rate, this.#burst))
+    return this.#call(this.#store.peek(this.#configured.rate, this.#configured.burst))
   }
 
   take(n = 1): Observable<void> {
@@ -128,11 +203,11 @@ export class RedisTokenBucket implements Limiter {
         subscriber.error(new StoreUnavailableError('the RedisTokenBucket is closed', undefined))
         return
       }
-      if (this.#rate !== Number.POSITIVE_INFINITY && n > this.#burst) {
+      if (this.rate !== Number.POSITIVE_INFINITY && n > this.#burst) {
         subscriber.error(new BurstExceededError(n, this.#burst))
         return
       }
-      const node = this.#waiters.push({ n, subscriber })
+      const node = this.#waiters.push({ n, subscriber, state: QUEUED, held: null, local: null })
       this.#plan()
       return () => this.#leave(node)
     })
@@ -141,193 +216,444 @@ export class RedisTokenBucket implements Limiter {
   /** No grant, in any process, for `ms` from now (Redis's now). */
   pauseFor(ms: number): void {
     checkTokens('ms', ms)
-    this.#background(this.#store.pause(this.#rate, this.#burst, ms), 'pause')
+    this.#background(this.#store.pause(this.#configured.rate, this.#configured.burst, ms), 'pause')
+    const until = this.#scheduler.now() + ms
+    if (until > this.#pausedUntil) this.#pausedUntil = until
     this.#fallback?.pauseFor(ms)
-    this.#replan()
+    this.#plan()
   }
 
-  /** Stores a new rate for every process (tokens settled at the old one first). */
-  setRate(rate: number): void {
-    this.#rate = checkRate('rate', rate, false)
-    this.#background(this.#store.configure(this.#rate, this.#burst, { rate }), 'setRate')
-    this.#fallback?.setRate(rate * this.#share)
-    this.#replan()
+  /**
+   * Lowers (or raises) the rate for every process, for `forMs` (default `overrideMs`);
+   * then the configured rate is back by itself. Setting the configured rate ends it.
+   */
+  setRate(rate: number, options: { forMs?: number } = {}): void {
+    checkRate('rate', rate, false)
+    this.#override({ rate }, options.forMs)
   }
 
-  /** Stores a new burst for every process. */
-  setBurst(burst: number): void {
-    this.#burst = checkInteger('burst', burst, 1)
-    this.#background(this.#store.configure(this.#rate, this.#burst, { burst }), 'setBurst')
-    this.#replan()
+  /** Changes the burst for every process, for `forMs` (default `overrideMs`). */
+  setBurst(burst: number, options: { forMs?: number } = {}): void {
+    checkInteger('burst', burst, 1)
+    this.#override({ burst }, options.forMs)
   }
 
-  /** Errors the waiters, and quits the Redis client if it was made here. */
+  /** Errors the waiters, gives back what they reserved, and quits an owned client. */
   async close(): Promise<void> {
+    if (this.#closed) return
     this.#closed = true
+    this.#unwatch()
+    this.#stopTimer()
     const error = new StoreUnavailableError('the RedisTokenBucket was closed', undefined)
+    const cancels: Promise<unknown>[] = []
     for (let node = this.#waiters.head; node; node = this.#waiters.head) {
-      this.#leave(node)
-      node.value.subscriber.error(error)
+      this.#waiters.remove(node)
+      const { held, local, n, subscriber } = node.value
+      local?.unsubscribe()
+      if (held) this.#cancels.push({ held, n })
+      subscriber.error(error)
     }
+    cancels.push(...this.#flushCancels())
+    await Promise.allSettled(cancels)
     if (this.#owned) await this.#client.quit().catch(() => this.#client.disconnect())
   }
+
+  // ── overrides ─────────────────────────────────────────────────────────────────────
+
+  #override(change: { rate?: number; burst?: number }, forMs = this.#overrideMs): void {
+    checkInteger('forMs', forMs, 0)
+    this.#expireOverride()
+    if (change.rate !== undefined) this.#rate = change.rate
+    if (change.burst !== undefined) this.#burst = change.burst
+    const back = this.#rate === this.#configured.rate && this.#burst === this.#configured.burst
+    const ms = back ? 0 : forMs
+    this.#overrideEnds = ms === 0 ? Number.NEGATIVE_INFINITY : this.#scheduler.now() + ms
+    this.#background(
+      this.#store.configure(this.#configured.rate, this.#configured.burst, change, ms),
+      'override',
+    )
+    if (change.rate !== undefined) this.#fallback?.setRate(this.#rate * this.#share)
+    this.#replan()
+  }
+
+  #expireOverride(): void {
+    if (this.#overrideEnds === Number.NEGATIVE_INFINITY) return
+    if (this.#scheduler.now() < this.#overrideEnds) return
+    this.#overrideEnds = Number.NEGATIVE_INFINITY
+    this.#rate = this.#configured.rate
+    this.#burst = this.#configured.burst
+  }
+
+  // Reservations made under the old settings are given back and asked for again.
+  #replan(): void {
+    this.#epoch++
+    for (let node = this.#waiters.head; node !== null; node = node.next) {
+      const waiter = node.value
+      if (waiter.state !== HELD || waiter.held === null) continue
+      this.#cancels.push({ held: waiter.held, n: waiter.n })
+      waiter.held = null
+      waiter.state = QUEUED
+    }
+    this.#flushCancels()
+    this.#plan()
+  }
+
+  // ── store calls ───────────────────────────────────────────────────────────────────
 
   #call<T>(promise: Promise<T>): Promise<T> {
     return within(promise, this.#timeoutMs, this.#scheduler)
   }
 
   // Fire-and-forget writes: a failure is logged, never thrown at the caller.
-  #background(promise: Promise<unknown>, what: string): void {
-    this.#call(promise).catch((error: unknown) =>
+  #background(promise: Promise<unknown>, what: string): Promise<unknown> {
+    return this.#call(promise).catch((error: unknown) =>
       this.#log?.warn({ err: error }, `redis ${what} failed`),
     )
   }
 
-  // The head gives its reservation back and asks again under the new settings.
-  #replan(): void {
-    const head = this.#head
-    if (head === null || head.reservation === null) return
-    head.timer?.unsubscribe()
-    this.#cancel(head.reservation, head.node.value.n)
-    this.#head = null
-    this.#plan()
-  }
-
-  #leave(node: Node<Waiter>): void {
-    const head = this.#head
-    this.#waiters.remove(node)
-    if (head?.node !== node) return
-    this.#head = null
-    head.timer?.unsubscribe()
-    head.fallback?.unsubscribe()
-    // A reservation still being requested is cancelled when it arrives (see #plan).
-    if (head.reservation) this.#cancel(head.reservation, node.value.n)
-    this.#plan()
-  }
-
-  #cancel(reservation: StoreReservation, n: number): void {
-    if (!reservation.ok || this.#closed) return
-    this.#background(
-      this.#store.cancel(this.#rate, this.#burst, n, reservation.timeToAct, reservation.rateThen),
-      'cancel',
+  // Gives reservations back, newest first: cancelling an older one first would give back
+  // less (later ones were planned on top of it).
+  #flushCancels(): Promise<unknown>[] {
+    const cancels = this.#cancels
+    if (cancels.length === 0) return []
+    this.#cancels = []
+    cancels.sort((a, b) => Number(b.held.timeToAct) - Number(a.held.timeToAct))
+    const { rate, burst } = this.#configured
+    return cancels.map(({ held, n }) =>
+      this.#background(
+        this.#store.cancel(rate, burst, n, held.timeToAct, held.rateThen, undefined, held.inc),
+        'cancel',
+      ),
     )
   }
 
-  #grant(node: Node<Waiter>): void {
-    this.#head = null
-    this.#waiters.remove(node)
-    node.value.subscriber.next()
-    node.value.subscriber.complete()
+  // ── the waiters ───────────────────────────────────────────────────────────────────
+
+  #leave(node: Node<Waiter>): void {
+    if (!this.#waiters.remove(node)) return
+    const waiter = node.value
+    waiter.local?.unsubscribe()
+    // A waiter in a request still out is given back when the answer comes (see #answer).
+    if (waiter.held !== null) {
+      this.#cancels.push({ held: waiter.held, n: waiter.n })
+      waiter.held = null
+      this.#flushCancels()
+    }
     this.#plan()
+  }
+
+  #fail(node: Node<Waiter>, error: unknown): void {
+    if (!this.#waiters.remove(node)) return
+    node.value.local?.unsubscribe()
+    node.value.subscriber.error(error)
   }
 
   #plan(): void {
-    const node = this.#waiters.head
-    if (this.#head !== null || node === null || this.#closed) return
-    const { n } = node.value
-    const head: Head = { node, reservation: null, timer: null, fallback: null }
-    this.#head = head
-    const fallback = this.#fallback
-    if (fallback !== null && this.#scheduler.now() < this.#probeAt) {
-      // A take larger than the local burst (but within the shared one) may still be granted:
-      // the local capacity grows to n while it is the head, and shrinks back after.
-      const localBurst = this.#localBurst()
-      if (n > fallback.burst) fallback.setBurst(n)
-      head.fallback = fallback.take(n).subscribe({
-        next: () => {
-          if (fallback.burst > localBurst) fallback.setBurst(localBurst)
-          this.#grant(node)
-        },
-        error: (error: unknown) => this.#fail(node, error),
-      })
+    // Granting runs user code, which may take, give up or change the settings: the
+    // outermost call loops instead of recursing.
+    if (this.#planning) {
+      this.#again = true
       return
     }
-    const request = this.#store.reserve(this.#rate, this.#burst, n, Number.POSITIVE_INFINITY)
-    this.#call(request).then(
-      (reservation) => {
-        if (this.#head !== head) {
-          // The waiter left (or a re-plan replaced it) while Redis was deciding.
-          this.#cancel(reservation, n)
-          return
-        }
-        if (this.#fallback !== null) {
-          this.#log?.info('redis answers again: back to the shared bucket')
-          this.#fallback = null
-        }
-        if (!reservation.ok) {
-          // Rate 0 or a burst lowered under n by another process: try again later.
-          if (n > this.#burst) this.#fail(node, new BurstExceededError(n, this.#burst))
-          else
-            head.timer = this.#scheduler.schedule(
-              () => this.#retry(head),
-              this.#retryAfterMs || 1000,
-            )
-          return
-        }
-        // Due now: granted now. (A timer, even of 0 ms, costs a millisecond or more.)
-        if (!(reservation.wait > 0)) {
-          this.#grant(node)
-          return
-        }
-        head.reservation = reservation
-        head.timer = this.#scheduler.schedule(() => this.#grant(node), Math.ceil(reservation.wait))
+    this.#planning = true
+    try {
+      do {
+        this.#again = false
+        this.#step()
+      } while (this.#again)
+    } finally {
+      this.#planning = false
+    }
+  }
+
+  #step(): void {
+    if (this.#closed) return
+    const now = this.#scheduler.now()
+    // Deliver from the head, in order, what is due.
+    for (let node = this.#waiters.head; node !== null; node = this.#waiters.head) {
+      const waiter = node.value
+      if (waiter.state === HELD) {
+        const held = waiter.held as Held
+        if (Math.max(held.dueAt, this.#pausedUntil) > now) break
+        // The connection broke since: the Redis that made it may have lost it.
+        if (held.generation !== this.#generation) break
+      } else if (waiter.state !== READY) break
+      this.#waiters.remove(node)
+      waiter.subscriber.next()
+      waiter.subscriber.complete()
+    }
+    this.#aim(now)
+    if (this.#batch === null && now >= this.#holdOffUntil) this.#ask(now)
+  }
+
+  // One timer, aimed at whatever the head waits for on this process's clock.
+  #aim(now: number): void {
+    const head = this.#waiters.head?.value
+    let due = Number.POSITIVE_INFINITY
+    // The head's turn comes at its time to act; one due but not confirmed since a break
+    // waits for its confirmation instead (#ask sends it; an answer re-plans).
+    if (head?.state === HELD && head.held !== null) {
+      due = Math.max(head.held.dueAt, this.#pausedUntil)
+      if (head.held.generation !== this.#generation && due <= now) due = Number.POSITIVE_INFINITY
+    }
+    if (this.#batch === null && this.#holdOffUntil > now) due = Math.min(due, this.#holdOffUntil)
+    if (this.#fallingBack && this.#waiters.size > 0 && this.#probeAt > now) {
+      due = Math.min(due, this.#probeAt)
+    }
+    if (due === Number.POSITIVE_INFINITY) {
+      this.#stopTimer()
+      return
+    }
+    const fireAt = Math.max(now, Math.ceil(due))
+    if (this.#timer !== null && this.#timerAt === fireAt) return
+    this.#stopTimer()
+    this.#timerAt = fireAt
+    this.#timer = scheduleAfter(
+      this.#scheduler,
+      () => {
+        this.#timer = null
+        this.#timerAt = Number.NaN
+        this.#plan()
       },
+      fireAt - now,
+    )
+  }
+
+  #stopTimer(): void {
+    this.#timer?.unsubscribe()
+    this.#timer = null
+    this.#timerAt = Number.NaN
+  }
+
+  // Sends the next request: a confirmation for the head, or reservations for the waiters
+  // not yet served — or, while Redis is away, the head's tokens from the local bucket.
+  #ask(now: number): void {
+    const head = this.#waiters.head
+    if (head === null) return
+    const first = head.value
+    if (
+      first.state === HELD &&
+      first.held?.generation !== this.#generation &&
+      Math.max((first.held as Held).dueAt, this.#pausedUntil) <= now
+    ) {
+      this.#send([head], true)
+      return
+    }
+    if (this.#fallingBack && now < this.#probeAt) {
+      if (first.state === QUEUED) this.#serveLocally(head)
+      return
+    }
+    let ahead = 0
+    const nodes: Node<Waiter>[] = []
+    for (let node: Node<Waiter> | null = head; node !== null; node = node.next) {
+      const state = node.value.state
+      if (state === QUEUED) {
+        if (ahead + nodes.length >= MAX_AHEAD) break
+        nodes.push(node)
+      } else if (state === HELD || state === LOCAL) ahead++
+      else if (state === ASKED) return
+    }
+    if (nodes.length > 0) this.#send(nodes, false)
+  }
+
+  #send(nodes: Node<Waiter>[], confirm: boolean): void {
+    const batch: Batch = {
+      nodes,
+      epoch: this.#epoch,
+      generation: this.#generation,
+      // A confirmation charges nothing: it answers before the debt would be taken.
+      debt: confirm ? 0 : this.#debt,
+      confirm,
+    }
+    this.#batch = batch
+    for (const node of nodes) node.value.state = ASKED
+    const { rate, burst } = this.#configured
+    const request = this.#store.reserveBatch(rate, burst, {
+      ns: nodes.map((node) => node.value.n),
+      check: !this.#verified,
+      debt: batch.debt,
+      horizonMs: this.#aheadMs,
+      ...(confirm ? { confirm: (nodes[0]?.value.held as Held).inc } : {}),
+    })
+    this.#roundTrips++
+    this.#call(request).then(
+      (answer) => this.#answer(batch, answer),
       (error: unknown) => {
-        // Timed out here, the reservation may still be made in Redis: give it back then.
+        // Timed out here, it may still land in Redis: whatever it reserved goes back then.
         request.then(
-          (late) => this.#cancel(late, n),
+          (late) => {
+            if (late.kind === 'ok') this.#giveBack(late, this.#pairs(batch, late.granted))
+          },
           () => {},
         )
-        if (this.#head !== head) return
-        this.#storeFailed(error)
+        this.#failed(batch, error)
       },
     )
+  }
+
+  // What a request reserved for waiters no longer there for it goes back.
+  #giveBack(answer: Extract<BatchAnswer, { kind: 'ok' }>, back: { g: Granted; n: number }[]): void {
+    if (back.length === 0) return
+    const { rateThen, inc } = answer
+    for (const { g, n } of back) {
+      this.#cancels.push({
+        held: { dueAt: 0, timeToAct: g.timeToAct, rateThen, inc, generation: 0 },
+        n,
+      })
+    }
+    this.#flushCancels()
+  }
+
+  #pairs(batch: Batch, granted: Granted[]): { g: Granted; n: number }[] {
+    return granted.map((g, i) => ({ g, n: batch.nodes[i]?.value.n ?? 0 }))
+  }
+
+  #answer(batch: Batch, answer: BatchAnswer): void {
+    this.#batch = null
+    if (this.#closed) {
+      if (answer.kind === 'ok') this.#giveBack(answer, this.#pairs(batch, answer.granted))
+      return
+    }
+    if (this.#fallingBack) {
+      this.#fallingBack = false
+      this.#log?.info({ charged: batch.debt }, 'redis answers again: back to the shared bucket')
+    }
+    if (answer.kind === 'conflict') {
+      const error = new ConfigConflictError(this.#key, this.#configured, {
+        rate: answer.rate,
+        burst: answer.burst,
+      })
+      this.#log?.error({ err: error }, 'configuration conflict')
+      for (let node = this.#waiters.head; node !== null; node = this.#waiters.head) {
+        this.#fail(node, error)
+      }
+      return
+    }
+    this.#verified = true
+    // The debt sent was charged (a confirmation carries none).
+    this.#debt -= batch.debt
+    const now = this.#scheduler.now()
+    if (answer.kind === 'confirmed') {
+      const waiter = batch.nodes[0]?.value
+      if (waiter && waiter.state === ASKED && waiter.held) {
+        waiter.state = HELD
+        waiter.held.generation = batch.generation
+      }
+      this.#plan()
+      return
+    }
+    const stale = batch.epoch !== this.#epoch
+    const giveBack: { g: Granted; n: number }[] = []
+    batch.nodes.forEach((node, i) => {
+      const granted = answer.granted[i]
+      const waiter = node.value
+      const present = node.list === this.#waiters
+      if (granted === undefined) {
+        if (present) {
+          waiter.state = QUEUED
+          waiter.held = null
+        }
+        return
+      }
+      if (!present || stale) {
+        giveBack.push({ g: granted, n: waiter.n })
+        if (present) {
+          waiter.state = QUEUED
+          waiter.held = null
+        }
+        return
+      }
+      waiter.state = HELD
+      waiter.held = {
+        dueAt: now + granted.wait,
+        timeToAct: granted.timeToAct,
+        rateThen: answer.rateThen,
+        inc: answer.inc,
+        generation: batch.generation,
+      }
+    })
+    this.#giveBack(answer, giveBack)
+    if (answer.granted.length === 0 && !stale) this.#refused(batch.nodes[0], answer, now)
+    this.#plan()
+  }
+
+  // The first waiter could not be reserved: its n is over the burst in force.
+  #refused(
+    node: Node<Waiter> | undefined,
+    answer: Extract<BatchAnswer, { kind: 'ok' }>,
+    now: number,
+  ): void {
+    if (node === undefined || node.list !== this.#waiters) return
+    const { n } = node.value
+    if (n > this.#configured.burst) {
+      this.#fail(node, new BurstExceededError(n, this.#configured.burst))
+      return
+    }
+    // A lower burst set by another process for a while: ask again when it ends.
+    const wait = answer.overrideEnds > answer.now ? answer.overrideEnds - answer.now : 0
+    this.#holdOffUntil = now + Math.max(wait, this.#retryAfterMs || 1000)
+  }
+
+  #failed(batch: Batch, error: unknown): void {
+    this.#batch = null
+    for (const node of batch.nodes) {
+      if (node.list === this.#waiters) {
+        node.value.state = QUEUED
+        node.value.held = null
+      }
+    }
+    if (this.#closed) return
+    this.#log?.warn({ err: error, policy: this.#policy }, 'redis failed')
+    if (this.#policy === 'fail-closed') {
+      // Every waiter not holding a reservation is told: telling one must not send the
+      // next one's request to the store that just failed, so all leave first.
+      const failure = new StoreUnavailableError(
+        'redis is unavailable: no grant (fail-closed)',
+        error,
+      )
+      const told: Node<Waiter>[] = []
+      for (let node = this.#waiters.head; node !== null; node = node.next) {
+        if (node.value.state === QUEUED) told.push(node)
+      }
+      for (const node of told) this.#waiters.remove(node)
+      for (const node of told) node.value.subscriber.error(failure)
+      this.#plan()
+      return
+    }
+    // local-fallback: one local bucket for the life of this object, never refilled at a
+    // flap; what it grants is charged to the shared bucket when Redis answers again.
+    this.#fallback ??= new TokenBucket({
+      rate: this.#rate * this.#share,
+      burst: this.#localBurst(),
+      scheduler: this.#scheduler,
+    })
+    this.#fallingBack = true
+    this.#probeAt = this.#scheduler.now() + this.#retryAfterMs
+    this.#plan()
   }
 
   #localBurst(): number {
     return Math.max(1, Math.floor(this.#burst * this.#share))
   }
 
-  #retry(head: Head): void {
-    if (this.#head !== head) return
-    this.#head = null
-    this.#plan()
-  }
-
-  #storeFailed(error: unknown): void {
-    this.#log?.warn({ err: error, policy: this.#policy }, 'redis failed')
-    this.#head = null
-    if (this.#policy === 'fail-closed') {
-      // Every waiter leaves the queue before any is told: telling one must not send the
-      // next one's reservation to the store that just failed.
-      const failure = new StoreUnavailableError(
-        'redis is unavailable: no grant (fail-closed)',
-        error,
-      )
-      const waiters: Waiter[] = []
-      for (let node = this.#waiters.head; node; node = this.#waiters.head) {
-        this.#waiters.remove(node)
-        waiters.push(node.value)
-      }
-      for (const waiter of waiters) waiter.subscriber.error(failure)
-      this.#plan()
-      return
-    }
-    // local-fallback: a conservative local bucket until Redis answers again — the share of
-    // the rate and of the burst (see #plan for a take larger than that burst).
-    this.#fallback ??= new TokenBucket({
-      rate: this.#rate * this.#share,
-      burst: this.#localBurst(),
-      scheduler: this.#scheduler,
+  #serveLocally(node: Node<Waiter>): void {
+    const fallback = this.#fallback as TokenBucket
+    const waiter = node.value
+    const { n } = waiter
+    waiter.state = LOCAL
+    // A take larger than the local burst (but within the shared one) may still be granted:
+    // the local capacity grows to n while it is the head, and shrinks back after.
+    const localBurst = this.#localBurst()
+    if (n > fallback.burst) fallback.setBurst(n)
+    waiter.local = fallback.take(n).subscribe({
+      next: () => {
+        if (fallback.burst > localBurst) fallback.setBurst(localBurst)
+        waiter.local = null
+        waiter.state = READY
+        this.#debt += n
+        this.#plan()
+      },
+      error: (error: unknown) => this.#fail(node, error),
     })
-    this.#probeAt = this.#scheduler.now() + this.#retryAfterMs
-    this.#plan()
-  }
-
-  #fail(node: Node<Waiter>, error: unknown): void {
-    if (this.#head?.node === node) this.#head = null
-    this.#waiters.remove(node)
-    node.value.subscriber.error(error)
-    this.#plan()
   }
 }

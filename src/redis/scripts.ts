@@ -3,11 +3,26 @@
  * (`TIME`), unless a test passes an explicit `now`. Numbers travel as strings written with
  * %.17g, so that a reservation's time to act comes back bit for bit (cancel compares it).
  *
- * The bucket state is one hash: t = tokens, l = last update, e = last event (the latest
- * time to act of any reservation, Go's lastEvent), p = paused until, r/b = rate and burst
- * set by setRate/setBurst (else each caller's configured ones). A negative rate means
- * unlimited. The math is Go's x/time/rate, as in the in-process TokenBucket.
+ * Every key of one bucket or semaphore carries the same hash tag (`{name}:…`), so every
+ * script touches one hash slot and runs on a Redis Cluster too. Channels are passed as
+ * arguments, never as keys.
+ *
+ * ## The bucket: one hash
+ * t tokens · l last update · e last event (the latest time to act of any reservation, Go's
+ * lastEvent) · p paused until · cr/cb the configured rate and burst (one key, one quota) ·
+ * or/ob/ou a temporary override of rate and/or burst and when it ends · i the incarnation
+ * of this state · g the run_id of the Redis that last checked it · gv until when that
+ * check holds. A negative rate means unlimited. The math is Go's x/time/rate, as in the
+ * in-process TokenBucket.
+ *
+ * ## Data loss
+ * A state that Redis lost (a restart without persistence, FLUSHALL, a failover to an
+ * empty or lagging replica) must not come back as a full bucket or an empty lease set.
+ * The signals that survive the loss: Redis's own run_id and uptime (read with INFO at most
+ * once a second per key: `gv`), and what the calling client remembers (the incarnation it
+ * last saw, and until when the state was to live). See `establish`.
  */
+
 // `now` in ms: the explicit time a test passed as ARGV[1], or Redis's own clock.
 const NOW = `
 local now
@@ -15,70 +30,206 @@ if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
+local function f(x) return string.format('%.17g', x) end
 `
 
-const PRELUDE = `
+// Redis's run_id and uptime (s); ARGV[6], when given, stands for the uptime (tests).
+const SERVER = `
+local function server()
+  local info = redis.call('INFO', 'server')
+  local runId = string.match(info, 'run_id:(%w+)') or ''
+  local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0
+  if ARGV[6] ~= '' then uptime = tonumber(ARGV[6]) end
+  return runId, uptime
+end
+`
+
+/**
+ * Common to the bucket scripts. ARGV: [1] now|'' · [2] configured rate (-1 = unlimited) ·
+ * [3] configured burst · [4] the incarnation the client knows|'' · [5] until when the
+ * client expects the state to live (Redis ms, 0 = no idea) · [6] uptime|'' (tests) ·
+ * [7] 'safe'|'full' (cold start) · then the operation's own arguments from ARGV[8].
+ */
+const BUCKET = `
 local key = KEYS[1]
-${NOW}local s = redis.call('HMGET', key, 't', 'l', 'e', 'p', 'r', 'b')
-local rate = tonumber(s[5]) or tonumber(ARGV[2])
-local burst = tonumber(s[6]) or tonumber(ARGV[3])
-local tokens = tonumber(s[1])
-if tokens == nil then tokens = burst end
+${NOW}${SERVER}
+local s = redis.call('HMGET', key, 't', 'l', 'e', 'p', 'cr', 'cb', 'or', 'ob', 'ou', 'i', 'g', 'gv')
+local exists = s[1] ~= false
+local crate = tonumber(s[5]) or tonumber(ARGV[2])
+local cburst = tonumber(s[6]) or tonumber(ARGV[3])
+-- The stored override, even if it ended since the last update (advance needs it).
+local srate = tonumber(s[7])
+local ou = tonumber(s[9]) or 0
+local orate, oburst = nil, nil
+if ou > now then orate = srate; oburst = tonumber(s[8]) end
+local rate = orate or crate
+local burst = oburst or cburst
+local tokens = tonumber(s[1]) or burst
 local last = tonumber(s[2]) or now
 local lastEvent = tonumber(s[3]) or -1
 local paused = tonumber(s[4]) or 0
-local function f(x) return string.format('%.17g', x) end
+local inc = s[10] or ''
+
+local function gain(ms, r)
+  if ms <= 0 then return 0 end
+  if r < 0 then return math.huge end
+  return ms * r / 1000
+end
+
+-- Tokens at now, without changing state: the override's rate until it ended, the
+-- configured rate after; the cap on every read.
 local function advance()
   local v = tokens
-  if now > last and rate > 0 then v = v + (now - last) * rate / 1000 end
-  if rate < 0 then v = burst end
-  if v > burst then v = burst end
+  if now > last then
+    if srate and ou > last then
+      local split = math.min(now, ou)
+      v = v + gain(split - last, srate) + gain(now - split, crate)
+    else
+      v = v + gain(now - last, crate)
+    end
+  end
+  if rate < 0 or v > burst then v = burst end
   return v
 end
+
+-- Ms from now until d more tokens have come in (the override may end on the way).
+local function waitFor(d)
+  if d <= 0 or rate < 0 then return 0 end
+  if orate then
+    if orate < 0 then return 0 end
+    local g = gain(ou - now, orate)
+    if d <= g then return d * 1000 / orate end
+    if crate < 0 then return ou - now end
+    return (ou - now) + (d - g) * 1000 / crate
+  end
+  return d * 1000 / rate
+end
+
+-- The state is checked against Redis itself at most once a second: a missing hash may
+-- have been lost, and one written under another Redis (a restart from a snapshot, a
+-- failover) may be stale. Either way it must not grant more than the envelope allows:
+--  * missing, and the client saw it alive until later: lost just now, so empty now;
+--  * missing, on a Redis younger than a refill: as if it had been empty when Redis
+--    started (the cold start; 'full' trusts that a missing key was never used);
+--  * missing otherwise: new, or idled out past its TTL, so full (Go's start);
+--  * written under another run_id: no tokens now, its debt kept.
+-- A new incarnation (i) tells clients that reservations made before it are gone.
+local function establish()
+  if exists and inc ~= '' and now < (tonumber(s[12]) or 0) then return end
+  local runId, uptime = server()
+  if not exists then
+    local initial = burst
+    if ARGV[4] ~= '' and tonumber(ARGV[5]) > now then
+      initial = 0
+    elseif ARGV[7] ~= 'full' then
+      local cold = gain(uptime * 1000, rate)
+      if cold < initial then initial = cold end
+    end
+    tokens = initial
+    last = now
+    inc = runId .. ':' .. f(now)
+  elseif s[11] and s[11] ~= runId then
+    tokens = math.min(advance(), 0)
+    last = now
+    inc = runId .. ':' .. f(now)
+  elseif inc == '' then
+    inc = runId .. ':' .. f(now)
+  end
+  redis.call('HSET', key, 'i', inc, 'g', runId, 'gv', f(now + 1000), 't', f(tokens), 'l', f(last))
+  if not s[5] then redis.call('HSET', key, 'cr', ARGV[2], 'cb', ARGV[3]) end
+  exists = true
+end
+
+-- Long enough to cover the refill to full, the pause, the wait and the override: a key
+-- that expires is one whose state is a full, unpaused bucket. Returns the expiry instant.
 local function keep(extra)
-  -- Long enough to cover the refill to full, the pause and the wait; a rate or burst set
-  -- for everyone (r, b) is kept a day past the last use.
   local ttl = 1000 + extra
   if paused > now then ttl = ttl + (paused - now) end
-  if rate > 0 and tokens < burst then ttl = ttl + (burst - tokens) * 1000 / rate end
-  if s[5] or s[6] then
-    ttl = math.max(ttl, 86400000)
+  if tokens < burst then ttl = ttl + waitFor(burst - tokens) end
+  if orate or oburst then ttl = math.max(ttl, ou - now + 1000) end
+  ttl = math.ceil(ttl)
+  redis.call('PEXPIRE', key, ttl)
+  return now + ttl
+end
+
+local function conflict()
+  if s[5] and (tonumber(s[5]) ~= tonumber(ARGV[2]) or tonumber(s[6]) ~= tonumber(ARGV[3])) then
+    return {'conflict', s[5], s[6]}
   end
-  redis.call('PEXPIRE', key, math.ceil(ttl))
+  return nil
 end
 `
 
-/** ARGV: now|'', rate, burst, n, maxWaitMs (-1 = no limit). → {ok, wait, now, rate, timeToAct} */
-export const RESERVE = `${PRELUDE}
-local n = tonumber(ARGV[4])
-local maxWait = tonumber(ARGV[5])
-local wait = 0
-if paused > now then wait = paused - now end
-if rate < 0 then
-  if maxWait >= 0 and wait > maxWait then return {0, f(wait), f(now), f(rate), 'inf'} end
-  return {1, f(wait), f(now), f(rate), f(now + wait)}
+/**
+ * Reserves for several waiters of one process at once, in their order, each going into
+ * debt if need be (Go's reserveN, applied in turn). ARGV from [8]: check ('1': refuse a
+ * configuration that differs from the stored one) · debt (tokens granted locally while
+ * Redis was away, charged first) · maxWait of the first waiter (-1 = none) · horizon (the
+ * most a later waiter may wait to be reserved now; the first that can't, and all after
+ * it, are not) · confirm (an incarnation: if the state is still that one, answer
+ * 'confirmed' and reserve nothing) · then n of each waiter.
+ *
+ * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, wait1, act1, wait2, …}
+ *   (fewer pairs than waiters when the rest were not reserved; none when the first was
+ *   not ok), or {'confirmed', now, inc, aliveUntil}, or {'conflict', rate, burst}.
+ */
+export const RESERVE = `${BUCKET}
+if ARGV[8] == '1' then
+  local c = conflict()
+  if c then return c end
 end
-local left = advance() - n
-local need = 0
-if left < -1e-9 then
-  if rate > 0 then need = -left * 1000 / rate else need = -1 end
+establish()
+if ARGV[12] ~= '' and ARGV[12] == inc then
+  return {'confirmed', f(now), inc, f(now + redis.call('PTTL', key))}
 end
-if need < 0 or n > burst or (maxWait >= 0 and math.max(need, wait) > maxWait) then
-  return {0, f(math.max(need, wait)), f(now), f(rate), 'inf'}
-end
-if need > wait then wait = need end
-tokens = left
+tokens = advance()
 last = now
-redis.call('HSET', key, 't', f(tokens), 'l', f(now), 'e', f(now + wait))
-keep(wait)
-return {1, f(wait), f(now), f(rate), f(now + wait)}
+local debt = tonumber(ARGV[9])
+-- Nothing is written unless something is taken: a refused reservation changes nothing
+-- (not even the last update, when the clock went back).
+local changed = debt > 0
+if changed then tokens = tokens - debt end
+local maxWait = tonumber(ARGV[10])
+local horizon = tonumber(ARGV[11])
+local pausedFor = 0
+if paused > now then pausedFor = paused - now end
+local out = {'ok', f(now), f(rate), inc, '', f(burst), f(ou)}
+local longest = 0
+for j = 13, #ARGV do
+  local n = tonumber(ARGV[j])
+  local limit = maxWait
+  if j > 13 then limit = horizon end
+  local wait = pausedFor
+  local left = tokens
+  if rate >= 0 then
+    left = tokens - n
+    if left < -1e-9 then wait = math.max(wait, waitFor(-left)) end
+    if n > burst then break end
+  end
+  if limit >= 0 and wait > limit then break end
+  tokens = left
+  if rate >= 0 then
+    lastEvent = now + wait
+    changed = true
+  end
+  out[#out + 1] = f(wait)
+  out[#out + 1] = f(now + wait)
+  if wait > longest then longest = wait end
+end
+if changed then redis.call('HSET', key, 't', f(tokens), 'l', f(now), 'e', f(lastEvent)) end
+out[5] = f(keep(longest))
+return out
 `
 
-/** ARGV: now|'', rate, burst, n, timeToAct, rateThen. Go's CancelAt. → restored tokens */
-export const CANCEL = `${PRELUDE}
-local n = tonumber(ARGV[4])
-local timeToAct = tonumber(ARGV[5])
-local rateThen = tonumber(ARGV[6])
+/**
+ * Go's CancelAt. ARGV from [8]: the reservation's incarnation · n · timeToAct · rateThen.
+ * Nothing comes back to a state that is not the one reserved from. → restored tokens
+ */
+export const CANCEL = `${BUCKET}
+local timeToAct = tonumber(ARGV[10])
+local rateThen = tonumber(ARGV[11])
+local n = tonumber(ARGV[9])
+if not exists or inc ~= ARGV[8] then return '0' end
 -- A rejected reservation (time to act 'inf') took nothing: nothing to give back.
 if timeToAct == nil or timeToAct ~= timeToAct or timeToAct == math.huge then return '0' end
 if rate < 0 or rateThen < 0 or n == 0 or timeToAct < now then return '0' end
@@ -102,70 +253,153 @@ keep(0)
 return f(restore)
 `
 
-/** ARGV: now|'', rate, burst, newRate|'', newBurst|''. Settles under the old settings. */
-export const CONFIGURE = `${PRELUDE}
+/**
+ * A temporary override of the rate and/or the burst, for everyone, until now + forMs
+ * (settled under the old settings first). The configured values come back by themselves
+ * when it ends. ARGV from [8]: rate|'' · burst|'' · forMs (0 = end the override now).
+ * → {tokens, now}
+ */
+export const CONFIGURE = `${BUCKET}
+establish()
 tokens = advance()
-redis.call('HSET', key, 't', f(tokens), 'l', f(now))
-if ARGV[4] ~= '' then rate = tonumber(ARGV[4]); s[5] = ARGV[4]; redis.call('HSET', key, 'r', ARGV[4]) end
-if ARGV[5] ~= '' then
-  burst = tonumber(ARGV[5])
-  s[6] = ARGV[5]
-  redis.call('HSET', key, 'b', ARGV[5])
-  if tokens > burst then tokens = burst; redis.call('HSET', key, 't', f(tokens)) end
+last = now
+local forMs = tonumber(ARGV[10])
+if forMs <= 0 then
+  orate = nil
+  oburst = nil
+  redis.call('HDEL', key, 'or', 'ob', 'ou')
+else
+  if ARGV[8] ~= '' then orate = tonumber(ARGV[8]) end
+  if ARGV[9] ~= '' then oburst = tonumber(ARGV[9]) end
+  ou = now + forMs
+  redis.call('HSET', key, 'ou', f(ou))
+  if orate then redis.call('HSET', key, 'or', f(orate)) else redis.call('HDEL', key, 'or') end
+  if oburst then redis.call('HSET', key, 'ob', f(oburst)) else redis.call('HDEL', key, 'ob') end
 end
+rate = orate or crate
+burst = oburst or cburst
+if rate < 0 or tokens > burst then tokens = burst end
+redis.call('HSET', key, 't', f(tokens), 'l', f(now))
 keep(0)
 return {f(tokens), f(now)}
 `
 
-/** ARGV: now|'', rate, burst, ms. No grant before now + ms (pauses only extend). */
-export const PAUSE = `${PRELUDE}
-local untilAt = now + tonumber(ARGV[4])
+/** No grant before now + ms (pauses only extend). ARGV from [8]: ms. → paused until */
+export const PAUSE = `${BUCKET}
+establish()
+local untilAt = now + tonumber(ARGV[8])
 if untilAt > paused then
   paused = untilAt
   redis.call('HSET', key, 'p', f(paused))
 end
-if redis.call('HEXISTS', key, 't') == 0 then redis.call('HSET', key, 't', f(tokens), 'l', f(now)) end
+tokens = advance()
+redis.call('HSET', key, 't', f(tokens), 'l', f(now))
 keep(0)
 return f(paused)
 `
 
-/** ARGV: now|'', rate, burst. → {tokens, now, rate, burst, paused} */
-export const PEEK = `${PRELUDE}
-return {f(advance()), f(now), f(rate), f(burst), f(paused)}
+/** → {tokens, now, rate, burst, paused, configured rate, configured burst, override ends} */
+export const PEEK = `${BUCKET}
+return {f(advance()), f(now), f(rate), f(burst), f(paused), f(crate), f(cburst), f(ou)}
 `
 
 /**
- * Semaphore, a sorted set of lease ids scored by expiry. ARGV: now|'', limit, leaseMs, id.
- * Expired leases (a crashed holder's) are reclaimed first. → {granted, retryInMs}
+ * Common to the semaphore scripts. KEYS: [1] the lease set (ids scored by expiry),
+ * [2] its meta hash (cl configured limit · i incarnation · g/gv as for the bucket · q no
+ * grant before this instant). ARGV: [1] now|'' · [2] limit · [3] leaseMs · [4] the
+ * incarnation the client knows|'' · [5] until when it expects the meta to live · [6]
+ * uptime|'' · [7] 'safe'|'full' · then the operation's own from [8].
  */
-export const ACQUIRE = `
-local key = KEYS[1]
-${NOW}local limit = tonumber(ARGV[2])
+const SEMAPHORE = `
+local set = KEYS[1]
+local metaKey = KEYS[2]
+${NOW}${SERVER}
+local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now + lease, ARGV[4])
-  redis.call('PEXPIRE', key, math.ceil(lease * 2))
-  return {1, '0'}
+local m = redis.call('HMGET', metaKey, 'cl', 'i', 'g', 'gv', 'q')
+local exists = m[2] ~= false
+local inc = m[2] or ''
+local quiet = tonumber(m[5]) or 0
+
+-- Leases lost with the data have holders that still run until they notice (at most
+-- leaseMs after their last renewal): no lease is granted before they have all stopped.
+local function establish()
+  if exists and now < (tonumber(m[4]) or 0) then return end
+  local runId, uptime = server()
+  if not exists then
+    if ARGV[4] ~= '' and tonumber(ARGV[5]) > now then
+      quiet = math.max(quiet, now + lease)
+    elseif ARGV[7] ~= 'full' and uptime * 1000 < lease then
+      quiet = math.max(quiet, now - uptime * 1000 + lease)
+    end
+    inc = runId .. ':' .. f(now)
+  elseif m[3] ~= runId then
+    quiet = math.max(quiet, now + lease)
+    inc = runId .. ':' .. f(now)
+  end
+  redis.call('HSET', metaKey, 'i', inc, 'g', runId, 'gv', f(now + 1000), 'q', f(quiet))
+  if not m[1] then redis.call('HSET', metaKey, 'cl', ARGV[2]) end
+  exists = true
 end
-local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {0, string.format('%.17g', tonumber(first[2]) - now)}
+
+-- The meta outlives every lease (and the quiet time): a missing meta means idle or lost.
+local function keepMeta()
+  local ttl = math.ceil(math.max(3 * lease, quiet - now + lease))
+  if redis.call('PTTL', metaKey) < ttl then redis.call('PEXPIRE', metaKey, ttl) end
+  return now + ttl
+end
 `
 
-/** ARGV: now|'', leaseMs, id. Extends a lease still held. → 1, or 0 if it was lost */
-export const RENEW = `
-local key = KEYS[1]
-${NOW}local lease = tonumber(ARGV[2])
-local score = redis.call('ZSCORE', key, ARGV[3])
-if not score or tonumber(score) < now then return 0 end
-redis.call('ZADD', key, 'XX', now + lease, ARGV[3])
-redis.call('PEXPIRE', key, math.ceil(lease * 2))
-return 1
+/**
+ * ARGV from [8]: check ('1': refuse a limit that differs from the stored one) · lease id.
+ * Expired leases (a crashed holder's) are reclaimed first.
+ * → {'ok', expiresAt, inc, aliveUntil, now} · {'wait', retryInMs, inc, aliveUntil, now} ·
+ *   {'conflict', limit}
+ */
+export const ACQUIRE = `${SEMAPHORE}
+if ARGV[8] == '1' and m[1] and tonumber(m[1]) ~= limit then return {'conflict', m[1]} end
+establish()
+local alive = keepMeta()
+redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if quiet > now then return {'wait', f(quiet - now), inc, f(alive), f(now)} end
+if redis.call('ZCARD', set) < limit then
+  redis.call('ZADD', set, now + lease, ARGV[9])
+  redis.call('PEXPIRE', set, math.ceil(lease * 2))
+  return {'ok', f(now + lease), inc, f(alive), f(now)}
+end
+local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+return {'wait', f(tonumber(first[2]) - now), inc, f(alive), f(now)}
 `
 
-/** KEYS: set, channel. ARGV: id. Gives a lease back and wakes the waiters. */
+/**
+ * Extends leases still held. ARGV from [8]: ids. A meta found missing while leases are
+ * renewed was lost (a held lease keeps it alive): no grant for leaseMs, whoever asks.
+ * → {now, aliveUntil, kept1, kept2, …} (1 kept, 0 lost: expired or gone)
+ */
+export const RENEW = `${SEMAPHORE}
+if not exists then
+  quiet = now + lease
+  redis.call('HSET', metaKey, 'q', f(quiet), 'i', 'lost:' .. f(now), 'g', '', 'gv', '0')
+end
+local out = {f(now), f(keepMeta())}
+local any = false
+for j = 8, #ARGV do
+  local score = redis.call('ZSCORE', set, ARGV[j])
+  if score and tonumber(score) >= now then
+    redis.call('ZADD', set, 'XX', now + lease, ARGV[j])
+    out[#out + 1] = 1
+    any = true
+  else
+    out[#out + 1] = 0
+  end
+end
+if any then redis.call('PEXPIRE', set, math.ceil(lease * 2)) end
+return out
+`
+
+/** KEYS: the lease set. ARGV: [1] channel · [2] id. Gives a lease back, wakes the waiters. */
 export const RELEASE = `
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 then redis.call('PUBLISH', KEYS[2], ARGV[1]) end
+local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+if removed == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return removed
 `

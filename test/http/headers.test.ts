@@ -53,21 +53,25 @@ describe('parseRetryAfter', () => {
 
 describe('parseRateLimitHeaders', () => {
   it.each([
-    [{ 'ratelimit-policy': '5;w=1' }, { rate: 5 }],
-    [{ 'ratelimit-policy': '"default";q=5;w=1' }, { rate: 5 }],
-    [{ 'ratelimit-policy': '120;w=60' }, { rate: 2 }],
-    [{ 'ratelimit-policy': '"burst";q=100;w=60, "daily";q=1000;w=86400' }, { rate: 100 / 60 }],
-    [{ ratelimit: 'limit=5, remaining=0, reset=1' }, { exhaustedForMs: 1000 }],
-    [{ ratelimit: '"default";r=0;t=2' }, { exhaustedForMs: 2000 }],
-    [{ ratelimit: 'limit=5, remaining=3, reset=1' }, {}],
+    // A policy's window is how long a rate learned from it lasts (resetMs) at most.
+    [{ 'ratelimit-policy': '5;w=1' }, { rate: 5, resetMs: 1000 }],
+    [{ 'ratelimit-policy': '"default";q=5;w=1' }, { rate: 5, resetMs: 1000 }],
+    [{ 'ratelimit-policy': '120;w=60' }, { rate: 2, resetMs: 60_000 }],
+    [
+      { 'ratelimit-policy': '"burst";q=100;w=60, "daily";q=1000;w=86400' },
+      { rate: 100 / 60, resetMs: 60_000 },
+    ],
+    [{ ratelimit: 'limit=5, remaining=0, reset=1' }, { exhaustedForMs: 1000, resetMs: 1000 }],
+    [{ ratelimit: '"default";r=0;t=2' }, { exhaustedForMs: 2000, resetMs: 2000 }],
+    [{ ratelimit: 'limit=5, remaining=3, reset=1' }, { resetMs: 1000 }],
     [
       { 'x-ratelimit-limit': '5', 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '2' },
-      { exhaustedForMs: 2000 },
+      { exhaustedForMs: 2000, resetMs: 2000 },
     ],
     // X-RateLimit-Reset as epoch seconds
     [
       { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(NOW / 1000 + 3) },
-      { exhaustedForMs: 3000 },
+      { exhaustedForMs: 3000, resetMs: 3000 },
     ],
     [{ 'ratelimit-policy': 'lots', ratelimit: 'who knows' }, {}],
     [{}, {}],

@@ -4,7 +4,7 @@
  * by another instance on the same key.
  */
 import type { Redis } from 'ioredis'
-import { concatMap, lastValueFrom, range, type Subscription, tap } from 'rxjs'
+import { concatMap, firstValueFrom, lastValueFrom, range, type Subscription, tap } from 'rxjs'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { RedisSemaphore } from '../../src/redis/RedisSemaphore.js'
 import { RedisTokenBucket } from '../../src/redis/RedisTokenBucket.js'
@@ -65,7 +65,7 @@ describe.skipIf(!redisUp || !ownRedis)(
         const keys = await redis.keys('*')
         for (const name of keys) {
           seen.add(name)
-          expect(name.startsWith(`${key}:`), `${when}: ${name} is under the prefix`).toBe(true)
+          expect(name.startsWith(`{${key}}:`), `${when}: ${name} is under the prefix`).toBe(true)
           expect(await redis.pttl(name), `${when}: PTTL of ${name}`).toBeGreaterThan(0)
         }
       }
@@ -82,14 +82,14 @@ describe.skipIf(!redisUp || !ownRedis)(
         await until('pause stored', async () => (await bucket.peek()).pausedUntil > 0)
         await expectKeys('after pauseFor')
         const releases = [
-          await lastValueFrom(semaphore.acquire()),
-          await lastValueFrom(semaphore.acquire()),
+          await firstValueFrom(semaphore.acquire()),
+          await firstValueFrom(semaphore.acquire()),
         ]
         await expectKeys('with two leases held')
         // A third waits: refused, it listens on the release channel (not a key).
-        const third = lastValueFrom(semaphore.acquire())
+        const third = firstValueFrom(semaphore.acquire())
         await until('the third waits for a release', async () => {
-          const [, listeners] = (await redis.pubsub('NUMSUB', `${key}:permits:released`)) as [
+          const [, listeners] = (await redis.pubsub('NUMSUB', `{${key}}:released`)) as [
             string,
             number,
           ]
@@ -99,7 +99,7 @@ describe.skipIf(!redisUp || !ownRedis)(
         for (const release of releases) release()
         ;(await third)()
         await expectKeys('after the releases')
-        expect([...seen].sort()).toEqual([`${key}:bucket`, `${key}:permits`])
+        expect([...seen].sort()).toEqual([`{${key}}:bucket`, `{${key}}:meta`, `{${key}}:permits`])
       } finally {
         await bucket.close()
         await semaphore.close()
@@ -209,9 +209,9 @@ describe.skipIf(!redisUp)('RedisTokenBucket on a shared Redis', () => {
     a.setRate(10)
     await until('the new rate is stored', async () => (await b.peek()).rate === 10)
     // A full bucket needs no refill: the TTL is the stored setting's, not the refill's.
-    expect(await redis.pttl(`${key}:bucket`)).toBeGreaterThan(60_000)
+    expect(await redis.pttl(`{${key}}:bucket`)).toBeGreaterThan(60_000)
     await lastValueFrom(b.take())
-    expect(await redis.pttl(`${key}:bucket`), 'kept by every later write too').toBeGreaterThan(
+    expect(await redis.pttl(`{${key}}:bucket`), 'kept by every later write too').toBeGreaterThan(
       60_000,
     )
     expect((await b.peek()).rate).toBe(10)

@@ -63,15 +63,20 @@ export function testPrefix(): string {
   return `rxf-test:${randomUUID()}`
 }
 
-/** Every key under `prefix` (SCAN, not KEYS: the shared server has other users). */
+/**
+ * Every key under `prefix`, bare or as the start of a hash tag (`{prefix…}:…`, as the
+ * Redis classes name theirs). SCAN, not KEYS: the shared server has other users.
+ */
 export async function keysUnder(redis: Redis, prefix: string): Promise<string[]> {
   const found: string[] = []
-  let cursor = '0'
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-    found.push(...keys)
-    cursor = next
-  } while (cursor !== '0')
+  for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+      found.push(...keys)
+      cursor = next
+    } while (cursor !== '0')
+  }
   return found
 }
 

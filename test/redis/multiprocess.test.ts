@@ -303,7 +303,7 @@ describe.skipIf(!redisUp)('four processes, one RedisTokenBucket and one RedisSem
   it('kill -9 of one process: its leases lapse within leaseMs, the others finish every job', async () => {
     const jobsEach = 50
     const { key } = await startAll(jobsEach)
-    const permits = `${key}:permits`
+    const permits = `{${key}}:permits`
     const victim = workers[3]!
     const survivors = workers.slice(0, 3)
     const HANGING = 3

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { concatMap, lastValueFrom, range, tap, timer, toArray } from 'rxjs'
+import { concatMap, firstValueFrom, lastValueFrom, range, tap, timer, toArray } from 'rxjs'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { ratePoolFrom } from '../../src/ratePoolFrom.js'
 import { RedisSemaphore } from '../../src/redis/RedisSemaphore.js'
@@ -175,7 +175,7 @@ describe.skipIf(!redisUp || !ownRedis)('our own redis-server stopped and started
       expect(doneAt.filter((t) => t > restartedAt).length).toBeGreaterThan(30)
       // The new server holds the state again (its keys were made after the restart).
       const probe = client(server.port)
-      expect(await probe.exists(`${key}:bucket`)).toBe(1)
+      expect(await probe.exists(`{${key}}:bucket`)).toBe(1)
       await deleteUnder(probe, key)
       probe.disconnect()
       expect(records.some((r) => r.msg === 'user client error')).toBe(true)
@@ -208,7 +208,7 @@ describe.skipIf(!redisUp || !ownRedis)('our own redis-server stopped and started
     })
     try {
       await lastValueFrom(bucket.take()) // Redis is up: granted
-      ;(await lastValueFrom(semaphore.acquire()))()
+      ;(await firstValueFrom(semaphore.acquire()))()
       await server.stop()
       const started = performance.now()
       const error = await lastValueFrom(bucket.take()).then(
@@ -230,7 +230,7 @@ describe.skipIf(!redisUp || !ownRedis)('our own redis-server stopped and started
         (e: unknown) => e as { code: string },
       )
       expect(poolError?.code).toBe('RX_FANOUT_STORE_UNAVAILABLE')
-      const permitError = await lastValueFrom(semaphore.acquire()).then(
+      const permitError = await firstValueFrom(semaphore.acquire()).then(
         () => null,
         (e: unknown) => e as { code: string },
       )
@@ -372,7 +372,7 @@ describe.skipIf(!redisUp || !ownRedis)('our own redis-server stopped and started
       const peek = await bucket.peek()
       expect(peek.tokens).toBeLessThan(burst)
       const probe = client(server.port)
-      expect(await probe.exists(`${key}:bucket`)).toBe(1)
+      expect(await probe.exists(`{${key}}:bucket`)).toBe(1)
       await deleteUnder(probe, key)
       probe.disconnect()
       expect(performance.now() - backAt).toBeLessThan(6000)

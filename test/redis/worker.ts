@@ -14,7 +14,7 @@
 import { Agent, request } from 'node:http'
 import { createInterface } from 'node:readline'
 import { pino } from 'pino'
-import { lastValueFrom } from 'rxjs'
+import { firstValueFrom, lastValueFrom } from 'rxjs'
 import { ratePoolFrom } from '../../src/ratePoolFrom.js'
 import { RedisSemaphore } from '../../src/redis/RedisSemaphore.js'
 import { RedisTokenBucket } from '../../src/redis/RedisTokenBucket.js'
@@ -104,7 +104,7 @@ await lastValueFrom(
 )
 await Promise.all([warm.bucket.close(), warm.semaphore.close()])
 await bucket.peek()
-await lastValueFrom(semaphore.acquire()).then((release) => release())
+await firstValueFrom(semaphore.acquire()).then((release) => release())
 startedAt.clear()
 
 const lines = createInterface({ input: process.stdin })
