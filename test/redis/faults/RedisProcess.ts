@@ -234,10 +234,11 @@ export class RedisProcess {
   }
 
   /**
-   * One command on a short-lived connection that gives up at once (no retries, no offline
-   * queue): an admin probe must fail fast against a dead or frozen server, not hang.
+   * `fn` on a short-lived connection that gives up at once (no retries, no offline queue,
+   * 2 s to connect or answer): an admin probe must fail fast against a dead or frozen
+   * server, not hang. The connection is closed whatever `fn` does.
    */
-  async call(command: string, ...args: (string | number)[]): Promise<unknown> {
+  async withClient<T>(fn: (redis: Redis) => Promise<T>): Promise<T> {
     const redis = await this.client({
       connectTimeout: 2000,
       commandTimeout: 2000,
@@ -245,10 +246,15 @@ export class RedisProcess {
       retryStrategy: () => null,
     })
     try {
-      return await redis.call(command, ...args)
+      return await fn(redis)
     } finally {
       redis.disconnect()
     }
+  }
+
+  /** One command on a short-lived connection (see `withClient`). */
+  call(command: string, ...args: (string | number)[]): Promise<unknown> {
+    return this.withClient((redis) => redis.call(command, ...args))
   }
 
   /** `INFO [section]`, as field → value. */
