@@ -142,6 +142,12 @@ export class RedisCluster {
     return this.masterForSlot(await this.slotOf(key))
   }
 
+  /** The masters that serve slots, in a live node's view (CLUSTER SLOTS), by first slot. */
+  async masters(): Promise<RedisProcess[]> {
+    const ranges = parseSlots(await this.#anyLive().call('CLUSTER', 'SLOTS'))
+    return [...new Set(ranges.map((r) => r.port))].map((port) => this.nodeOnPort(port))
+  }
+
   /** The replicas of `master` not flagged as failing (CLUSTER REPLICAS, asked of a live node). */
   async replicasOf(master: RedisProcess): Promise<RedisProcess[]> {
     const asked = this.#anyLive(master)
