@@ -56,7 +56,9 @@ export function redisServerInstalled(file: string): boolean {
   const found = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0
   if (found) return true
   if (CI) throw new Error(`redis-server is not installed: under CI these tests must run (${file})`)
-  console.warn(`[rx-fanout] redis-server is not installed: skipping the outage tests in ${file}`)
+  console.warn(
+    `[rx-fanout] redis-server is not installed: skipping the tests that start their own in ${file}`,
+  )
   return false
 }
 
