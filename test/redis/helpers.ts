@@ -4,12 +4,14 @@
  * start without touching the shared one), the envelope check, a pino logger that writes
  * to memory, and a guard that fails a test on an unhandled rejection or error event.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { once } from 'node:events'
-import { createServer, Socket } from 'node:net'
+import { rm } from 'node:fs/promises'
+import { Socket } from 'node:net'
 import { Redis } from 'ioredis'
 import { type Logger, pino } from 'pino'
+import { freePorts } from './faults/freePorts.js'
+import { RedisProcess } from './faults/RedisProcess.js'
 
 export const REDIS_HOST = '127.0.0.1'
 /** The shared server's port: 6379, or REDIS_PORT as .ci/run reads it. */
@@ -54,7 +56,9 @@ export function redisServerInstalled(file: string): boolean {
   const found = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0
   if (found) return true
   if (CI) throw new Error(`redis-server is not installed: under CI these tests must run (${file})`)
-  console.warn(`[rx-fanout] redis-server is not installed: skipping the outage tests in ${file}`)
+  console.warn(
+    `[rx-fanout] redis-server is not installed: skipping the tests that start their own in ${file}`,
+  )
   return false
 }
 
@@ -168,88 +172,48 @@ export async function until<T>(
 
 /** A TCP port that was free a moment ago. */
 export async function freePort(): Promise<number> {
-  const server = createServer()
-  server.listen(0, REDIS_HOST)
-  await once(server, 'listening')
-  const address = server.address()
-  server.close()
-  await once(server, 'close')
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
+  const [port] = await freePorts(1, REDIS_HOST)
+  return port as number
 }
 
 /**
  * Our own `redis-server` (no persistence) on a port of its own: stopped and started again
  * on the same port to play a Redis restart, so the shared server is never touched.
+ * A thin front on RedisProcess (test/redis/faults), which does the spawning, for the tests
+ * written against this smaller API.
  */
 export class OwnRedis {
-  #child: ChildProcess | null = null
-
-  private constructor(readonly port: number) {}
+  private constructor(readonly server: RedisProcess) {}
 
   static async start(): Promise<OwnRedis> {
-    const server = new OwnRedis(await freePort())
-    await server.start()
-    return server
+    return new OwnRedis(await RedisProcess.start())
+  }
+
+  get port(): number {
+    return this.server.port
   }
 
   get url(): string {
-    return `redis://${REDIS_HOST}:${this.port}`
+    return this.server.url
   }
 
   get running(): boolean {
-    return this.#child !== null
+    return this.server.running
   }
 
-  /** Starts the server and resolves when it logs that it accepts connections. */
+  /** Starts the server again on the same port; resolves when it accepts connections. */
   async start(): Promise<void> {
-    if (this.#child !== null) throw new Error('already running')
-    const child = spawn(
-      'redis-server',
-      [
-        '--port',
-        String(this.port),
-        '--bind',
-        REDIS_HOST,
-        '--save',
-        '',
-        '--appendonly',
-        'no',
-        '--loglevel',
-        'notice',
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    )
-    this.#child = child
-    let log = ''
-    await new Promise<void>((resolve, reject) => {
-      const onData = (chunk: Buffer) => {
-        log += chunk.toString()
-        if (log.includes('Ready to accept connections')) {
-          child.stdout?.off('data', onData)
-          child.off('exit', onExit)
-          resolve()
-        }
-      }
-      const onExit = (code: number | null) => {
-        this.#child = null
-        reject(new Error(`redis-server on port ${this.port} exited (${code}) at start:\n${log}`))
-      }
-      child.stdout?.on('data', onData)
-      child.once('exit', onExit)
-    })
-    // Keep draining its output so it never blocks on a full pipe.
-    child.stdout?.resume()
-    child.stderr?.resume()
+    if (this.running) throw new Error('already running')
+    await this.server.restart()
   }
 
-  /** Stops the server (SIGKILL: its state is gone, as after a crash) and awaits its exit. */
+  /**
+   * Stops the server (SIGKILL: its state is gone, as after a crash) and awaits its exit.
+   * Its dir goes too (without persistence nothing in it matters, and a test's last stop
+   * must leave nothing behind); `start()` makes it again.
+   */
   async stop(): Promise<void> {
-    const child = this.#child
-    if (child === null) return
-    this.#child = null
-    const exited = once(child, 'exit')
-    child.kill('SIGKILL')
-    await exited
+    await this.server.kill('SIGKILL')
+    await rm(this.server.dir, { recursive: true, force: true })
   }
 }
