@@ -134,6 +134,7 @@ export class RedisTokenBucket implements Limiter {
   #cancels: { held: Held; n: number }[] = []
   #planning = false
   #again = false
+  #askPending = false
   #closed = false
   readonly #unwatch: () => void
   #roundTrips = 0
@@ -383,7 +384,20 @@ export class RedisTokenBucket implements Limiter {
       waiter.subscriber.complete()
     }
     this.#aim(now)
-    if (this.#batch === null && now >= this.#holdOffUntil) this.#ask(now)
+    if (this.#batch === null && now >= this.#holdOffUntil) this.#askSoon()
+  }
+
+  // The request goes out after the current job of the event loop: takes made in the same
+  // tick (the waiters a batch of grants just woke take again at once) share one round trip.
+  #askSoon(): void {
+    if (this.#askPending) return
+    this.#askPending = true
+    queueMicrotask(() => {
+      this.#askPending = false
+      if (this.#closed || this.#batch !== null) return
+      const now = this.#scheduler.now()
+      if (now >= this.#holdOffUntil) this.#ask(now)
+    })
   }
 
   // One timer, aimed at whatever the head waits for on this process's clock.
