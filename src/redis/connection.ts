@@ -1,7 +1,7 @@
 import { type Cluster, Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs'
-import { redactUrl } from '../internal/redactUrl.js'
+import { redactUrl, redactValue } from '../internal/redactUrl.js'
 import { scheduleAfter } from '../internal/scheduleAfter.js'
 import { checkInteger, invalidOption } from '../internal/validate.js'
 
@@ -30,7 +30,13 @@ export function connect(
     return { client, owned: true }
   }
   if (!isClient(redis)) {
-    throw invalidOption(TypeError, 'redis', 'an ioredis Redis or Cluster, or a redis:// URL', redis)
+    throw invalidOption(
+      TypeError,
+      'redis',
+      'an ioredis Redis or Cluster, or a redis:// URL',
+      // ioredis options given instead of a client would carry the password.
+      redactValue(redis),
+    )
   }
   return { client: redis, owned: false }
 }
