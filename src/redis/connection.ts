@@ -26,7 +26,9 @@ export function connect(
     // Fail a command fast while disconnected: the store-error policy decides what then.
     const client = new Redis(redis, { maxRetriesPerRequest: 1, enableOfflineQueue: true })
     // Connection errors go to the log, never into unrelated code as an 'error' event.
-    client.on('error', (error: unknown) => logger?.warn({ err: error }, 'redis connection error'))
+    client.on('error', (error: unknown) =>
+      logger?.warn({ err: redactError(error) }, 'redis connection error'),
+    )
     return { client, owned: true }
   }
   if (!isClient(redis)) {
@@ -39,6 +41,25 @@ export function connect(
     )
   }
   return { client: redis, owned: false }
+}
+
+/**
+ * `error`, with the credentials it may carry redacted: ioredis puts the failed command on
+ * its errors (`command.args`), and a failed AUTH or HELLO carries the password there.
+ * Every error from Redis passes here before it is logged or becomes a cause.
+ */
+export function redactError<T>(error: T): T {
+  const command = (error as { command?: { name?: unknown; args?: unknown } } | null)?.command
+  if (
+    typeof command === 'object' &&
+    command !== null &&
+    typeof command.name === 'string' &&
+    /^(auth|hello)$/i.test(command.name) &&
+    Array.isArray(command.args)
+  ) {
+    command.args = command.args.map(() => '***')
+  }
+  return error
 }
 
 /**
@@ -72,7 +93,7 @@ export function within<T>(promise: Promise<T>, ms: number, scheduler: SchedulerL
       },
       (error: unknown) => {
         timer?.unsubscribe()
-        reject(error)
+        reject(redactError(error))
       },
     )
   })
