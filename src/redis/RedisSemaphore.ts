@@ -12,6 +12,7 @@ import {
   checkPolicy,
   type RedisLike,
   type RedisOptions,
+  redactError,
   setUp,
   within,
 } from './connection.js'
@@ -432,11 +433,11 @@ export class RedisSemaphore implements Permits {
     const subscriber = this.#client.duplicate()
     this.#subscriber = subscriber
     subscriber.on('error', (error: unknown) =>
-      this.#log?.warn({ err: error }, 'redis subscriber error'),
+      this.#log?.warn({ err: redactError(error) }, 'redis subscriber error'),
     )
     subscriber.on('message', () => this.#try())
     subscriber.subscribe(this.#store.channel).catch((error: unknown) => {
-      this.#log?.warn({ err: error }, 'redis subscribe failed; polling only')
+      this.#log?.warn({ err: redactError(error) }, 'redis subscribe failed; polling only')
     })
   }
 }

@@ -1,7 +1,7 @@
 import { type Cluster, Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs'
-import { redactUrl } from '../internal/redactUrl.js'
+import { redactUrl, redactValue } from '../internal/redactUrl.js'
 import { scheduleAfter } from '../internal/scheduleAfter.js'
 import { checkInteger, invalidOption } from '../internal/validate.js'
 
@@ -26,13 +26,40 @@ export function connect(
     // Fail a command fast while disconnected: the store-error policy decides what then.
     const client = new Redis(redis, { maxRetriesPerRequest: 1, enableOfflineQueue: true })
     // Connection errors go to the log, never into unrelated code as an 'error' event.
-    client.on('error', (error: unknown) => logger?.warn({ err: error }, 'redis connection error'))
+    client.on('error', (error: unknown) =>
+      logger?.warn({ err: redactError(error) }, 'redis connection error'),
+    )
     return { client, owned: true }
   }
   if (!isClient(redis)) {
-    throw invalidOption(TypeError, 'redis', 'an ioredis Redis or Cluster, or a redis:// URL', redis)
+    throw invalidOption(
+      TypeError,
+      'redis',
+      'an ioredis Redis or Cluster, or a redis:// URL',
+      // ioredis options given instead of a client would carry the password.
+      redactValue(redis),
+    )
   }
   return { client: redis, owned: false }
+}
+
+/**
+ * `error`, with the credentials it may carry redacted: ioredis puts the failed command on
+ * its errors (`command.args`), and a failed AUTH or HELLO carries the password there.
+ * Every error from Redis passes here before it is logged or becomes a cause.
+ */
+export function redactError<T>(error: T): T {
+  const command = (error as { command?: { name?: unknown; args?: unknown } } | null)?.command
+  if (
+    typeof command === 'object' &&
+    command !== null &&
+    typeof command.name === 'string' &&
+    /^(auth|hello)$/i.test(command.name) &&
+    Array.isArray(command.args)
+  ) {
+    command.args = command.args.map(() => '***')
+  }
+  return error
 }
 
 /**
@@ -66,7 +93,7 @@ export function within<T>(promise: Promise<T>, ms: number, scheduler: SchedulerL
       },
       (error: unknown) => {
         timer?.unsubscribe()
-        reject(error)
+        reject(redactError(error))
       },
     )
   })
