@@ -354,4 +354,3 @@ export class SemaphoreStore {
     return (await this.#redis.rxfRelease(this.key, this.channel, id)) === 1
   }
 }
-
