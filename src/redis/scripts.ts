@@ -169,7 +169,7 @@ end
  * it, are not) · confirm (an incarnation: if the state is still that one, answer
  * 'confirmed' and reserve nothing) · then n of each waiter.
  *
- * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, wait1, act1, wait2, …}
+ * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, wait1, wait2, …}
  *   (fewer pairs than waiters when the rest were not reserved; none when the first was
  *   not ok), or {'confirmed', now, inc, aliveUntil}, or {'conflict', rate, burst}.
  */
@@ -212,8 +212,8 @@ for j = 13, #ARGV do
     lastEvent = now + wait
     changed = true
   end
-  out[#out + 1] = f(wait)
-  out[#out + 1] = f(now + wait)
+  -- Only the wait: the client adds it to now (both exact in %.17g) for the time to act.
+  if wait == 0 then out[#out + 1] = '0' else out[#out + 1] = f(wait) end
   if wait > longest then longest = wait end
 end
 if changed then redis.call('HSET', key, 't', f(tokens), 'l', f(now), 'e', f(lastEvent)) end

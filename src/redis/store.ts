@@ -185,8 +185,12 @@ export class BucketStore {
       return answer
     }
     const granted: Granted[] = []
-    for (let j = 7; j + 1 < reply.length; j += 2) {
-      granted.push({ wait: Number(reply[j]), timeToAct: String(reply[j + 1]) })
+    // A time to act is now + wait, the same double Redis computed (both travel exactly):
+    // cancel compares it with the stored last event.
+    const decided = Number(reply[1])
+    for (let j = 7; j < reply.length; j++) {
+      const wait = Number(reply[j])
+      granted.push({ wait, timeToAct: String(decided + wait) })
     }
     const answer = {
       kind: 'ok',
