@@ -260,6 +260,12 @@ export class RedisSemaphore implements Permits {
           else this.#wait(answer.retryInMs)
           return
         }
+        if (sentAt + this.#leaseMs - this.#marginMs <= this.#scheduler.now()) {
+          // Answered too late (a stall): its deadline has passed, the job would be cut
+          // before it starts. It goes back, and the waiter, still in its place, asks again.
+          void this.#releaseLease(id, !this.#closed)
+          return
+        }
         if (!this.#waiters.remove(node) || this.#closed) {
           // The waiter left while Redis was deciding: the lease goes straight back.
           void this.#releaseLease(id, !this.#closed)
@@ -336,6 +342,11 @@ export class RedisSemaphore implements Permits {
     }, this.#renewEveryMs)
     const renewEvery = this.#renewEveryMs
     const renew = () => this.#renew()
+    if (sentAt + this.#leaseMs - this.#marginMs - this.#scheduler.now() < renewEvery) {
+      // Granted late (a slow answer): its deadline may come before the next round of
+      // renewals, so it is confirmed at once.
+      this.#renew()
+    }
     const release = () => {
       if (this.#held.get(id) !== lease) return
       this.#drop(lease)
