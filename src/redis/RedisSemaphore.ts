@@ -307,9 +307,10 @@ export class RedisSemaphore implements Permits {
     this.#try()
   }
 
-  // While Redis is away: at most the local cap held here (no lease, nothing to lose).
+  // While Redis is away: at most the local cap held here (no lease, nothing to lose). The
+  // leases still held from before count too: they run until released or lost.
   #tryLocally(node: Node<Waiter>): void {
-    if (this.#localHeld >= this.#localCap) {
+    if (this.#localHeld + this.#held.size >= this.#localCap) {
       // Look at Redis again once the probe is due, if no local release comes first.
       this.#wait(this.#probeAt - this.#scheduler.now())
       return
