@@ -64,6 +64,7 @@ export class Task<T, R> implements TaskContext<T> {
     run.metrics.waiting++
     let sync = true
     let granted: Release | null = null
+    let lostAtOnce = false
     const sub = permits.acquire().subscribe({
       next: (release) => {
         if (sync) {
@@ -79,7 +80,13 @@ export class Task<T, R> implements TaskContext<T> {
         }
       },
       error: (error: unknown) => {
-        if (this.#release !== null || granted !== null) {
+        if (sync && granted !== null) {
+          // Granted and lost before acquire() returned: as if never granted, asked again.
+          granted = null
+          lostAtOnce = true
+          return
+        }
+        if (this.#release !== null) {
           this.#permitLost(error)
           return
         }
@@ -91,7 +98,11 @@ export class Task<T, R> implements TaskContext<T> {
     })
     this.#permit = sub
     sync = false
-    if (granted !== null) {
+    if (lostAtOnce) {
+      run.metrics.waiting--
+      this.#permit = null
+      this.acquire()
+    } else if (granted !== null) {
       run.metrics.waiting--
       this.#release = granted
       this.#acquireToken()

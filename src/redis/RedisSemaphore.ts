@@ -261,6 +261,12 @@ export class RedisSemaphore implements Permits {
           else this.#wait(answer.retryInMs)
           return
         }
+        if (sentAt + this.#leaseMs - this.#marginMs <= this.#scheduler.now()) {
+          // Answered too late (a stall): its deadline has passed, the job would be cut
+          // before it starts. It goes back, and the waiter, still in its place, asks again.
+          void this.#releaseLease(id, !this.#closed)
+          return
+        }
         if (!this.#waiters.remove(node) || this.#closed) {
           // The waiter left while Redis was deciding: the lease goes straight back.
           void this.#releaseLease(id, !this.#closed)
@@ -302,9 +308,10 @@ export class RedisSemaphore implements Permits {
     this.#try()
   }
 
-  // While Redis is away: at most the local cap held here (no lease, nothing to lose).
+  // While Redis is away: at most the local cap held here (no lease, nothing to lose). The
+  // leases still held from before count too: they run until released or lost.
   #tryLocally(node: Node<Waiter>): void {
-    if (this.#localHeld >= this.#localCap) {
+    if (this.#localHeld + this.#held.size >= this.#localCap) {
       // Look at Redis again once the probe is due, if no local release comes first.
       this.#wait(this.#probeAt - this.#scheduler.now())
       return
@@ -337,6 +344,11 @@ export class RedisSemaphore implements Permits {
     }, this.#renewEveryMs)
     const renewEvery = this.#renewEveryMs
     const renew = () => this.#renew()
+    if (sentAt + this.#leaseMs - this.#marginMs - this.#scheduler.now() < renewEvery) {
+      // Granted late (a slow answer): its deadline may come before the next round of
+      // renewals, so it is confirmed at once.
+      this.#renew()
+    }
     const release = () => {
       if (this.#held.get(id) !== lease) return
       this.#drop(lease)
