@@ -11,6 +11,7 @@ export {
   CancelledError,
   InvalidCostError,
   JobError,
+  LeaseLostError,
   QueueOverflowError,
   type RxFanoutErrorCode,
 } from './errors.js'

@@ -1,4 +1,5 @@
-export { StoreUnavailableError } from './errors.js'
+export { LeaseLostError } from '../errors.js'
+export { ConfigConflictError, StoreUnavailableError } from './errors.js'
 export { RedisSemaphore, type RedisSemaphoreOptions } from './RedisSemaphore.js'
 export { RedisTokenBucket, type RedisTokenBucketOptions } from './RedisTokenBucket.js'
 export { BucketStore, SemaphoreStore, type StoreReservation } from './store.js'
