@@ -239,6 +239,46 @@ export class RedisTokenBucket implements Limiter {
     this.#override({ burst }, options.forMs)
   }
 
+  /**
+   * Takes `n` tokens now if they can be granted at once (one round trip) and resolves to
+   * 0; otherwise takes nothing and resolves to the ms until they could be (`Infinity`:
+   * never at the current settings). What the pool's fair slots ask a limiter that can't
+   * tell without a round trip. It does not queue behind this process's `take` waiters.
+   */
+  async tryTakeAsync(n = 1): Promise<number> {
+    checkTokens('n', n)
+    if (this.#closed) throw new StoreUnavailableError('the RedisTokenBucket is closed', undefined)
+    const { rate, burst } = this.#configured
+    this.#roundTrips++
+    const answer = await this.#call(
+      this.#store.reserveBatch(rate, burst, { ns: [n], maxWaitMs: 0, check: !this.#verified }),
+    )
+    if (answer.kind === 'conflict') {
+      throw new ConfigConflictError(this.#key, this.#configured, {
+        rate: answer.rate,
+        burst: answer.burst,
+      })
+    }
+    this.#verified = true
+    if (answer.kind !== 'ok') return 0
+    return answer.granted.length > 0 ? 0 : answer.needed
+  }
+
+  /**
+   * Corrects a grant after the fact, for every process: a positive `delta` takes that many
+   * more tokens now (debt: later grants wait for it), a negative one gives them back (up to
+   * the burst). This process's waiters are re-planned.
+   */
+  adjust(delta: number): void {
+    if (typeof delta !== 'number' || !Number.isFinite(delta)) {
+      throw invalidOption(RangeError, 'delta', 'a finite number', delta)
+    }
+    if (delta === 0 || this.#closed) return
+    const { rate, burst } = this.#configured
+    this.#background(this.#store.reserveBatch(rate, burst, { ns: [], debt: delta }), 'adjust')
+    if (delta < 0) this.#replan()
+  }
+
   /** Errors the waiters, gives back what they reserved, and quits an owned client. */
   async close(): Promise<void> {
     if (this.#closed) return

@@ -163,15 +163,17 @@ end
 /**
  * Reserves for several waiters of one process at once, in their order, each going into
  * debt if need be (Go's reserveN, applied in turn). ARGV from [8]: check ('1': refuse a
- * configuration that differs from the stored one) · debt (tokens granted locally while
- * Redis was away, charged first) · maxWait of the first waiter (-1 = none) · horizon (the
- * most a later waiter may wait to be reserved now; the first that can't, and all after
- * it, are not) · confirm (an incarnation: if the state is still that one, answer
- * 'confirmed' and reserve nothing) · then n of each waiter.
+ * configuration that differs from the stored one) · debt (tokens taken first: granted
+ * locally while Redis was away, or a cost settled after the fact; negative gives back, up
+ * to the burst) · maxWait of the first waiter (-1 = none) · horizon (the most a later
+ * waiter may wait to be reserved now; the first that can't, and all after it, are not) ·
+ * confirm (an incarnation: if the state is still that one, answer 'confirmed' and reserve
+ * nothing) · then n of each waiter.
  *
- * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, wait1, wait2, …}
- *   (fewer pairs than waiters when the rest were not reserved; none when the first was
- *   not ok), or {'confirmed', now, inc, aliveUntil}, or {'conflict', rate, burst}.
+ * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, needed, wait1, wait2, …}
+ *   (fewer waits than waiters when the rest were not reserved; none when the first was
+ *   not ok, and then `needed` is the wait it would have needed, -1 if never), or
+ *   {'confirmed', now, inc, aliveUntil}, or {'conflict', rate, burst}.
  */
 export const RESERVE = `${BUCKET}
 if ARGV[8] == '1' then
@@ -187,13 +189,16 @@ last = now
 local debt = tonumber(ARGV[9])
 -- Nothing is written unless something is taken: a refused reservation changes nothing
 -- (not even the last update, when the clock went back).
-local changed = debt > 0
-if changed then tokens = tokens - debt end
+local changed = debt ~= 0
+if changed then
+  tokens = tokens - debt
+  if tokens > burst then tokens = burst end
+end
 local maxWait = tonumber(ARGV[10])
 local horizon = tonumber(ARGV[11])
 local pausedFor = 0
 if paused > now then pausedFor = paused - now end
-local out = {'ok', f(now), f(rate), inc, '', f(burst), f(ou)}
+local out = {'ok', f(now), f(rate), inc, '', f(burst), f(ou), '0'}
 local longest = 0
 for j = 13, #ARGV do
   local n = tonumber(ARGV[j])
@@ -204,9 +209,15 @@ for j = 13, #ARGV do
   if rate >= 0 then
     left = tokens - n
     if left < -1e-9 then wait = math.max(wait, waitFor(-left)) end
-    if n > burst then break end
+    if n > burst then
+      if j == 13 then out[8] = '-1' end
+      break
+    end
   end
-  if limit >= 0 and wait > limit then break end
+  if limit >= 0 and wait > limit then
+    if j == 13 then out[8] = f(wait) end
+    break
+  end
   tokens = left
   if rate >= 0 then
     lastEvent = now + wait

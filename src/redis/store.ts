@@ -83,6 +83,8 @@ export type BatchAnswer =
       burst: number
       /** When the override in force ends (0 = none). */
       overrideEnds: number
+      /** The first waiter was not reserved: the wait it needed (Infinity: never). */
+      needed: number
       /** One per waiter reserved, in order; fewer than asked when the rest were not. */
       granted: Granted[]
     }
@@ -188,7 +190,7 @@ export class BucketStore {
     // A time to act is now + wait, the same double Redis computed (both travel exactly):
     // cancel compares it with the stored last event.
     const decided = Number(reply[1])
-    for (let j = 7; j < reply.length; j++) {
+    for (let j = 8; j < reply.length; j++) {
       const wait = Number(reply[j])
       granted.push({ wait, timeToAct: String(decided + wait) })
     }
@@ -200,6 +202,7 @@ export class BucketStore {
       aliveUntil: Number(reply[4]),
       burst: Number(reply[5]),
       overrideEnds: Number(reply[6]),
+      needed: Number(reply[7]) < 0 ? Number.POSITIVE_INFINITY : Number(reply[7]),
       granted,
     } as const
     this.#saw(answer.inc, answer.aliveUntil)
