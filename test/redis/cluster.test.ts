@@ -569,8 +569,8 @@ describe.skipIf(!installed)('on a Redis Cluster (3 masters, 1 replica each)', ()
   }
 
   it('a failover to a lagging replica: its stale bucket is not trusted (envelope within 1 token)', async () => {
-    // Waiting out the failover and the quiet time after it (leaseMs) takes some 5 s: a
-    // burst larger than that much refill (4/s × 5 s = 20) is what the replica's stale,
+    // Waiting out the failover and the quiet time after it (leaseMs) takes some 4 s: a
+    // burst larger than that much refill (4/s × 4 s = 16) is what the replica's stale,
     // full bucket would give a second time, if trusted.
     const BURST = 40
     const LIMIT = 8
@@ -579,9 +579,9 @@ describe.skipIf(!installed)('on a Redis Cluster (3 masters, 1 replica each)', ()
       rate: 4,
       burst: BURST,
       limit: LIMIT,
-      leaseMs: 2000,
-      // 40 used up before the kill, 29 after: more than the refill can cover.
-      jobsEach: 23,
+      leaseMs: 1000,
+      // 40 used up before the kill, 23 after: more than the refill can cover.
+      jobsEach: 21,
       holders: 0,
       holdMs: 0,
       jobMs,
