@@ -394,7 +394,9 @@ describe.skipIf(!installed)('on a Redis Cluster (3 masters, 1 replica each)', ()
         rate: RATE,
         burst: BURST,
         limit: LIMIT,
-        leaseMs: 1000,
+        // Nothing is killed here: a lease long enough that no stall of a loaded machine
+        // loses one.
+        leaseMs: 3000,
         storeTimeoutMs: STORE_TIMEOUT_MS,
         concurrency: 8,
         attempts: 1,
@@ -590,9 +592,9 @@ describe.skipIf(!installed)('on a Redis Cluster (3 masters, 1 replica each)', ()
     expect(run.needed, 'burst the arrivals needed at 4/s').toBeLessThanOrEqual(
       BURST + JITTER_TOKENS,
     )
-    // Not vacuous: the burst was used up before the kill (in a few hundred ms: some 2
-    // tokens of refill at this rate).
-    expect(run.needed).toBeGreaterThan(BURST - 5)
+    // Not vacuous: the burst was used at the start (BURST arrivals before the kill, in a
+    // few hundred ms, up to 1.5 s on a loaded machine: 6 tokens of refill at this rate).
+    expect(run.needed, 'the burst was used').toBeGreaterThan(BURST / 2)
     expect(run.most).toBeLessThanOrEqual(LIMIT)
     console.info(`cluster failover, bucket: ${run.figures}`)
   }, 40_000)

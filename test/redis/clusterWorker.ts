@@ -111,6 +111,9 @@ await lastValueFrom(
     concurrency: config.concurrency,
     limiter: warm.bucket,
     permits: warm.semaphore,
+    // A machine busy enough to stall a renewal past a short lease must not end the run
+    // before it starts.
+    retry: { attempts: config.attempts, baseDelayMs: 20, maxDelayMs: 100 },
   }),
 )
 await Promise.all([warm.bucket.close(), warm.semaphore.close()])
