@@ -448,8 +448,12 @@ export class RedisSemaphore implements Permits {
       this.#log?.warn({ err: redactError(error) }, 'redis subscriber error'),
     )
     subscriber.on('message', () => this.#try())
-    subscriber.subscribe(this.#store.channel).catch((error: unknown) => {
-      this.#log?.warn({ err: redactError(error) }, 'redis subscribe failed; polling only')
-    })
+    subscriber.subscribe(this.#store.channel).then(
+      // A release published before the subscription took effect was not heard (on a
+      // Cluster the subscriber first connects a whole client): look again now.
+      () => this.#try(),
+      (error: unknown) =>
+        this.#log?.warn({ err: redactError(error) }, 'redis subscribe failed; polling only'),
+    )
   }
 }
