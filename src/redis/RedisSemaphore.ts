@@ -14,6 +14,7 @@ import {
   type RedisOptions,
   redactError,
   setUp,
+  watchBreaks,
   within,
 } from './connection.js'
 import { ConfigConflictError, StoreUnavailableError } from './errors.js'
@@ -106,6 +107,7 @@ export class RedisSemaphore implements Permits {
   #poll: Subscription | null = null
   #renewal: Subscription | null = null
   #closed = false
+  readonly #unwatch: () => void
 
   constructor(options: RedisSemaphoreOptions) {
     if (typeof options !== 'object' || options === null) {
@@ -148,6 +150,10 @@ export class RedisSemaphore implements Permits {
     this.#store = new SemaphoreStore(client, `{${key}}:permits`, `{${key}}:released`, {
       meta: `{${key}}:meta`,
       coldStart,
+    })
+    // After a break the server may be another (a failover): check the state against it.
+    this.#unwatch = watchBreaks(client, () => {
+      this.#store.forceCheck = true
     })
   }
 
@@ -195,6 +201,7 @@ export class RedisSemaphore implements Permits {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    this.#unwatch()
     this.#poll?.unsubscribe()
     this.#renewal?.unsubscribe()
     const error = new StoreUnavailableError('the RedisSemaphore was closed', undefined)

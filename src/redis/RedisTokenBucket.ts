@@ -163,6 +163,7 @@ export class RedisTokenBucket implements Limiter {
     this.#store = new BucketStore(client, `{${key}}:bucket`, { coldStart })
     this.#unwatch = watchBreaks(client, () => {
       this.#generation++
+      this.#store.forceCheck = true
     })
   }
 

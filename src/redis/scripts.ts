@@ -35,6 +35,11 @@ local function f(x) return string.format('%.17g', x) end
 
 // Redis's run_id and uptime (s); ARGV[6], when given, stands for the uptime (tests).
 const SERVER = `
+-- ARGV[7]: 'safe'|'full' (cold start), with '!' when the client saw its connection break
+-- since its last call: then the run_id check is made now, whatever gv says (gv is
+-- replicated, and a replica promoted within its second would otherwise trust it).
+local coldFull = string.sub(ARGV[7], 1, 4) == 'full'
+local forceCheck = string.sub(ARGV[7], -1) == '!'
 local function server()
   local info = redis.call('INFO', 'server')
   local runId = string.match(info, 'run_id:(%w+)') or ''
@@ -115,13 +120,13 @@ end
 --  * written under another run_id: no tokens now, its debt kept.
 -- A new incarnation (i) tells clients that reservations made before it are gone.
 local function establish()
-  if exists and inc ~= '' and now < (tonumber(s[12]) or 0) then return end
+  if exists and inc ~= '' and not forceCheck and now < (tonumber(s[12]) or 0) then return end
   local runId, uptime = server()
   if not exists then
     local initial = burst
     if ARGV[4] ~= '' and tonumber(ARGV[5]) > now then
       initial = 0
-    elseif ARGV[7] ~= 'full' then
+    elseif not coldFull then
       local cold = gain(uptime * 1000, rate)
       if cold < initial then initial = cold end
     end
@@ -335,12 +340,12 @@ local quiet = tonumber(m[5]) or 0
 -- Leases lost with the data have holders that still run until they notice (at most
 -- leaseMs after their last renewal): no lease is granted before they have all stopped.
 local function establish()
-  if exists and now < (tonumber(m[4]) or 0) then return end
+  if exists and not forceCheck and now < (tonumber(m[4]) or 0) then return end
   local runId, uptime = server()
   if not exists then
     if ARGV[4] ~= '' and tonumber(ARGV[5]) > now then
       quiet = math.max(quiet, now + lease)
-    elseif ARGV[7] ~= 'full' and uptime * 1000 < lease then
+    elseif not coldFull and uptime * 1000 < lease then
       quiet = math.max(quiet, now - uptime * 1000 + lease)
     end
     inc = runId .. ':' .. f(now)

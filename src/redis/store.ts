@@ -131,6 +131,8 @@ export class BucketStore {
   readonly #uptime: string
   /** What this client has seen of the state (see {@link Known}). */
   readonly known: Known = { inc: '', aliveUntil: 0 }
+  /** Set when the connection broke: the next call checks the state against Redis now. */
+  forceCheck = false
 
   constructor(
     redis: Redis | Cluster,
@@ -151,13 +153,14 @@ export class BucketStore {
       this.known.inc,
       String(this.known.aliveUntil),
       this.#uptime,
-      this.#cold,
+      this.forceCheck ? `${this.#cold}!` : this.#cold,
     ]
   }
 
   #saw(inc: string, aliveUntil: number): void {
     this.known.inc = inc
     this.known.aliveUntil = aliveUntil
+    this.forceCheck = false
   }
 
   /** Reserves for several waiters in one round trip (see RESERVE). */
@@ -302,6 +305,8 @@ export class SemaphoreStore {
   readonly #cold: string
   readonly #uptime: string
   readonly known: Known = { inc: '', aliveUntil: 0 }
+  /** Set when the connection broke: the next acquire checks the state against Redis now. */
+  forceCheck = false
   readonly meta: string
 
   constructor(
@@ -327,7 +332,7 @@ export class SemaphoreStore {
       this.known.inc,
       String(this.known.aliveUntil),
       this.#uptime,
-      this.#cold,
+      this.forceCheck ? `${this.#cold}!` : this.#cold,
     ]
   }
 
@@ -343,6 +348,7 @@ export class SemaphoreStore {
       id,
     )
     if (reply[0] === 'conflict') return { kind: 'conflict', limit: Number(reply[1]) }
+    this.forceCheck = false
     this.known.inc = String(reply[2])
     this.known.aliveUntil = Number(reply[3])
     const now = Number(reply[4])

@@ -304,6 +304,21 @@ describe.skipIf(!redisUp)('BucketStore (the Lua scripts) on explicit instants', 
       expect(peek.pausedUntil).toBe(5000)
     })
 
+    it('after a connection break the run_id check is made at once, whatever the replicated gv says', async () => {
+      // A state written under another Redis (a failover within the second its check was
+      // made): gv still says "checked", replicated with it. A client that saw its connection
+      // break sends forceCheck: the state is checked now and trusted with no tokens.
+      const store = nextStore()
+      await store.reserve(10, 20, 1, Number.POSITIVE_INFINITY, 1000) // created: 19 tokens
+      await redis.hset(store.key, 'g', 'a-run-id-from-another-redis', 'gv', '1e15')
+      expect((await store.reserve(10, 20, 1, 0, 1000)).ok).toBe(true) // trusted: gv says so
+      store.forceCheck = true
+      const after = await store.reserve(10, 20, 1, 0, 1000)
+      expect(after.ok).toBe(false) // checked: another run_id, so no tokens now
+      expect(store.forceCheck).toBe(false)
+      expect((await store.peek(10, 20, 1000)).tokens).toBe(0)
+    })
+
     it('cancelling a rejected reservation gives nothing back (BucketStore.cancel)', async () => {
       // Go's CancelAt does nothing for a reservation that is not ok. BucketStore.cancel
       // is exported; given a rejected one (timeToAct 'inf'), CANCEL read inf and gave
