@@ -53,6 +53,11 @@ export interface Known {
   inc: string
   /** Until when (Redis ms) the state was to live, as of the last answer. */
   aliveUntil: number
+  /**
+   * The latest time to act reserved in an answer (Redis ms, 0 = none): a state lost
+   * before then still had reservations (anyone's) to honour until then.
+   */
+  lastEvent: number
 }
 
 /** How a store treats a key missing on a young Redis (see scripts.ts, `establish`). */
@@ -128,7 +133,7 @@ export class BucketStore {
   readonly #cold: string
   readonly #uptime: string
   /** What this client has seen of the state (see {@link Known}). */
-  readonly known: Known = { inc: '', aliveUntil: 0 }
+  readonly known: Known = { inc: '', aliveUntil: 0, lastEvent: 0 }
 
   constructor(
     redis: Redis | Cluster,
@@ -150,6 +155,7 @@ export class BucketStore {
       String(this.known.aliveUntil),
       this.#uptime,
       this.#cold,
+      String(this.known.lastEvent),
     ]
   }
 
@@ -187,6 +193,8 @@ export class BucketStore {
     const granted: Granted[] = []
     for (let j = 7; j + 1 < reply.length; j += 2) {
       granted.push({ wait: Number(reply[j]), timeToAct: String(reply[j + 1]) })
+      const timeToAct = Number(reply[j + 1])
+      if (timeToAct > this.known.lastEvent) this.known.lastEvent = timeToAct
     }
     const answer = {
       kind: 'ok',
@@ -294,7 +302,7 @@ export class SemaphoreStore {
   readonly #redis: Scripted
   readonly #cold: string
   readonly #uptime: string
-  readonly known: Known = { inc: '', aliveUntil: 0 }
+  readonly known: Known = { inc: '', aliveUntil: 0, lastEvent: 0 }
   readonly meta: string
 
   constructor(
@@ -354,4 +362,3 @@ export class SemaphoreStore {
     return (await this.#redis.rxfRelease(this.key, this.channel, id)) === 1
   }
 }
-
