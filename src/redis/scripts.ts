@@ -60,6 +60,7 @@ local crate = tonumber(s[5]) or tonumber(ARGV[2])
 local cburst = tonumber(s[6]) or tonumber(ARGV[3])
 -- The stored override, even if it ended since the last update (advance needs it).
 local srate = tonumber(s[7])
+local sburst = tonumber(s[8])
 local ou = tonumber(s[9]) or 0
 local orate, oburst = nil, nil
 if ou > now then orate = srate; oburst = tonumber(s[8]) end
@@ -77,14 +78,16 @@ local function gain(ms, r)
   return ms * r / 1000
 end
 
--- Tokens at now, without changing state: the override's rate until it ended, the
--- configured rate after; the cap on every read.
+-- Tokens at now, without changing state: the override's rate (and cap) until it ended,
+-- the configured ones after; the cap on every read.
 local function advance()
   local v = tokens
   if now > last then
-    if srate and ou > last then
+    if (srate or sburst) and ou > last then
       local split = math.min(now, ou)
-      v = v + gain(split - last, srate) + gain(now - split, crate)
+      v = v + gain(split - last, srate or crate)
+      if sburst and v > sburst then v = sburst end
+      v = v + gain(now - split, crate)
     else
       v = v + gain(now - last, crate)
     end
