@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url'
 import { expect } from 'vitest'
 import type { BucketWorkerConfig } from './bucketWorker.js'
 import { epochNow } from './faults/epochNow.js'
+import { HoldingProxy } from './faults/HoldingProxy.js'
 import { RecordingServer } from './faults/RecordingServer.js'
 import { RedisProcess, type RedisProcessOptions } from './faults/RedisProcess.js'
 import { requiredBurst, testPrefix, until } from './helpers.js'
@@ -232,15 +233,23 @@ export function envelopeFigures(
 export interface Scenario {
   redis: RedisProcess | null
   server: RecordingServer | null
+  proxies: HoldingProxy[]
   fleet: BucketWorker[]
 }
 
-export const newScenario = (): Scenario => ({ redis: null, server: null, fleet: [] })
+export const newScenario = (): Scenario => ({
+  redis: null,
+  server: null,
+  proxies: [],
+  fleet: [],
+})
 
-/** Kills the workers still running, stops Redis and the server. */
+/** Kills the workers still running, closes the proxies, stops Redis and the server. */
 export async function cleanUp(scenario: Scenario): Promise<void> {
   await killFleet(scenario.fleet)
   scenario.fleet.length = 0
+  await Promise.all(scenario.proxies.map((proxy) => proxy.close()))
+  scenario.proxies = []
   await scenario.redis?.stop()
   scenario.redis = null
   await scenario.server?.close()
@@ -342,4 +351,73 @@ export async function failClosedAcross(
   // The takes waited through the outage: none was refused.
   expect(scenario.fleet.map((w) => w.refused())).toEqual([0, 0, 0])
   return figures
+}
+
+// ── item 4: a flapping partition under 'local-fallback' ───────────────────────────────
+
+export const SHARE = 0.25
+export const DOWN_MS = 1200
+export const UP_MS = 300
+export const FLAPS = 5
+
+/**
+ * Three processes share a bucket (10/s, burst 20) under 'local-fallback' at localShare
+ * 0.25, each through a HoldingProxy of its own to a redis-server of the scenario's own,
+ * four takes waiting in each. After 2 s the processes at `cut` are partitioned from Redis
+ * 5 × (1.2 s down, 0.3 s up); then 2 s more.
+ */
+export async function runFlapping(scenario: Scenario, cut: number[]) {
+  const processes = 3
+  const redis = await RedisProcess.start()
+  scenario.redis = redis
+  const server = await RecordingServer.start()
+  scenario.server = server
+  scenario.proxies = await Promise.all(
+    Array.from({ length: processes }, () => HoldingProxy.start(redis.port)),
+  )
+  const proxies = scenario.proxies
+  const key = testPrefix()
+  const configs: BucketWorkerConfig[] = proxies.map((proxy, w) => ({
+    name: `w${w}`,
+    port: proxy.port,
+    key,
+    rate: RATE,
+    burst: BURST,
+    origin: server.origin,
+    client: 'url',
+    onStoreError: 'local-fallback',
+    localShare: SHARE,
+    // A failure is seen within 200 ms, and Redis is tried again every 100 ms after one:
+    // a probe reaches Redis within each 0.3 s that the partition is healed.
+    storeTimeoutMs: 200,
+    retryStoreAfterMs: 100,
+    outstanding: 4,
+  }))
+  const run = await runFleet({
+    configs,
+    server,
+    fleet: scenario.fleet,
+    steadyMs: 2000,
+    ready: () => olderThan(redis, BURST / RATE),
+    phases: [
+      {
+        name: 'flapping',
+        fault: async () => {
+          for (let i = 0; i < FLAPS; i++) {
+            for (const w of cut) proxies[w]?.hold()
+            await sleep(DOWN_MS)
+            for (const w of cut) proxies[w]?.release()
+            await sleep(UP_MS)
+          }
+        },
+      },
+    ],
+  })
+  return {
+    ...envelopeFigures(run, RATE),
+    /** Grants while each process was falling back (see bucketWorker.ts). */
+    local: scenario.fleet.map((w) => w.localGrants().length),
+    /** The debt each process said it charged as it came back to Redis, summed. */
+    charged: scenario.fleet.map((w) => w.charged().reduce((sum, c) => sum + c.debt, 0)),
+  }
 }

@@ -171,7 +171,17 @@ async function stop(): Promise<void> {
 
 // Warm up before "ready": one round trip to Redis (scripts loaded, connection open) and
 // one request to the server (a keep-alive socket), so the first grants are not late.
-await bucket.peek()
+// (A short storeTimeoutMs may be too short for the first connection on a busy machine:
+// the warm-up tries again.)
+for (let attempt = 1; ; attempt++) {
+  try {
+    await bucket.peek()
+    break
+  } catch (error) {
+    if (attempt >= 20) throw error
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
 await get('/warm')
 
 const lines = createInterface({ input: process.stdin })
