@@ -157,7 +157,18 @@ export async function runFleet(options: {
   options.fleet.push(...workers)
   await Promise.all(workers.map((worker) => worker.when((m) => m.type === 'ready')))
   await options.ready?.()
-  go(workers)
+  // The first worker alone takes the burst; the others join once the server has seen it
+  // (an event, not a delay). Processes that all wake at once on two cores send their
+  // first requests some ms late, and lateness while the bucket is full is exactly what
+  // the envelope counts (later, the bucket empty, it cannot add up to a token). A process
+  // that did not share the bucket would still burst on joining.
+  const burst = options.configs[0]?.burst ?? 0
+  go(workers.slice(0, 1))
+  await options.server.until(
+    () => options.server.requests.filter((r) => r.path.startsWith('/g/')).length >= burst,
+    'the first worker’s burst',
+  )
+  go(workers.slice(1))
   await sleep(options.steadyMs)
   const marks: Mark[] = []
   for (const phase of options.phases) {
@@ -338,7 +349,7 @@ export async function failClosedAcross(
   console.log(
     `${label}: burst needed ${figures.whole.toFixed(2)} (≤ ${BURST} + ${JITTER_TOKENS}; ` +
       `${figures.beforeFaults.toFixed(2)} before the fault), ${figures.count} arrivals, ` +
-      `${figures.perPhase[0]} in the 2 s after the fault`,
+      `${figures.perPhase[0]} since the fault began`,
   )
   expect(figures.whole, `burst the merged arrivals needed at ${RATE}/s`).toBeLessThanOrEqual(
     BURST + JITTER_TOKENS,

@@ -17,7 +17,8 @@
  * down) the local buckets grant during the outage, and the bound is item 4's: one burst
  * more than the envelope at most (fallback.test.ts).
  *
- * FLUSHALL is in restart.flushall.test.ts, 'local-fallback' in restart.fallback.test.ts.
+ * FLUSHALL is in restart.flushall.test.ts, restarts from an AOF or a stale snapshot in
+ * restart.snapshot.test.ts, 'local-fallback' in restart.fallback.test.ts.
  *
  * The very first start of a cold system: a bucket's key missing from a Redis younger than
  * a refill (burst / rate: 2 s here) starts with rate × uptime tokens (capped at the
@@ -60,20 +61,5 @@ describe.skipIf(!installed)("a restart does not refill the bucket ('fail-closed'
         await r.restart()
       }
     })
-  }, 20_000)
-
-  it('AOF with appendfsync always: the state survives a restart, and is not trusted fuller', async () => {
-    const runIds: string[] = []
-    await failClosedAcross(
-      scenario,
-      'kill -9 + restart with AOF',
-      async (r) => {
-        runIds.push((await r.info('server')).run_id as string)
-        await r.restart()
-        runIds.push((await r.info('server')).run_id as string)
-      },
-      { appendonly: true, appendfsync: 'always' },
-    )
-    expect(new Set(runIds).size, 'a new Redis run').toBe(2)
   }, 20_000)
 })
