@@ -126,6 +126,8 @@ export class RedisTokenBucket implements Limiter {
   #pausedUntil = Number.NEGATIVE_INFINITY
   #epoch = 0
   #generation = 0
+  /** The incarnation of the shared state in the last answer. */
+  #inc = ''
   #verified = false
   #fallback: TokenBucket | null = null
   #fallingBack = false
@@ -587,6 +589,21 @@ export class RedisTokenBucket implements Limiter {
     this.#verified = true
     // The debt sent was charged (a confirmation carries none).
     this.#debt -= batch.debt
+    // Another incarnation than the one reservations held here were made on: that state
+    // was lost (a restart, or a FLUSHALL or an eviction, where no connection broke), and
+    // its reservations with it. Each is reserved again now, in order (waiting for each to
+    // be confirmed in turn at its time to act would leave one reservation per process in
+    // the shared schedule until all are).
+    if (answer.inc !== this.#inc) {
+      this.#inc = answer.inc
+      for (let node = this.#waiters.head; node !== null; node = node.next) {
+        const waiter = node.value
+        if (waiter.state === HELD && waiter.held !== null && waiter.held.inc !== answer.inc) {
+          waiter.state = QUEUED
+          waiter.held = null
+        }
+      }
+    }
     const now = this.#scheduler.now()
     if (answer.kind === 'confirmed') {
       const waiter = batch.nodes[0]?.value

@@ -53,7 +53,8 @@ end
  * Common to the bucket scripts. ARGV: [1] now|'' · [2] configured rate (-1 = unlimited) ·
  * [3] configured burst · [4] the incarnation the client knows|'' · [5] until when the
  * client expects the state to live (Redis ms, 0 = no idea) · [6] uptime|'' (tests) ·
- * [7] 'safe'|'full' (cold start) · then the operation's own arguments from ARGV[8].
+ * [7] 'safe'|'full' (cold start) · [8] the latest time to act the client has seen
+ * reserved (Redis ms, 0 = none) · then the operation's own arguments from ARGV[9].
  */
 const BUCKET = `
 local key = KEYS[1]
@@ -64,6 +65,7 @@ local crate = tonumber(s[5]) or tonumber(ARGV[2])
 local cburst = tonumber(s[6]) or tonumber(ARGV[3])
 -- The stored override, even if it ended since the last update (advance needs it).
 local srate = tonumber(s[7])
+local sburst = tonumber(s[8])
 local ou = tonumber(s[9]) or 0
 local orate, oburst = nil, nil
 if ou > now then orate = srate; oburst = tonumber(s[8]) end
@@ -81,14 +83,16 @@ local function gain(ms, r)
   return ms * r / 1000
 end
 
--- Tokens at now, without changing state: the override's rate until it ended, the
--- configured rate after; the cap on every read.
+-- Tokens at now, without changing state: the override's rate (and cap) until it ended,
+-- the configured ones after; the cap on every read.
 local function advance()
   local v = tokens
   if now > last then
-    if srate and ou > last then
+    if (srate or sburst) and ou > last then
       local split = math.min(now, ou)
-      v = v + gain(split - last, srate) + gain(now - split, crate)
+      v = v + gain(split - last, srate or crate)
+      if sburst and v > sburst then v = sburst end
+      v = v + gain(now - split, crate)
     else
       v = v + gain(now - last, crate)
     end
@@ -113,7 +117,9 @@ end
 -- The state is checked against Redis itself at most once a second: a missing hash may
 -- have been lost, and one written under another Redis (a restart from a snapshot, a
 -- failover) may be stale. Either way it must not grant more than the envelope allows:
---  * missing, and the client saw it alive until later: lost just now, so empty now;
+--  * missing, and the client saw it alive until later: lost just now, so empty now, and
+--    in debt until the latest time to act the client saw reserved (the reservations
+--    made on the lost state, every client's, act until then: their debt is not lost);
 --  * missing, on a Redis younger than a refill: as if it had been empty when Redis
 --    started (the cold start; 'full' trusts that a missing key was never used);
 --  * missing otherwise: new, or idled out past its TTL, so full (Go's start);
@@ -126,6 +132,8 @@ local function establish()
     local initial = burst
     if ARGV[4] ~= '' and tonumber(ARGV[5]) > now then
       initial = 0
+      local seen = tonumber(ARGV[8]) or 0
+      if seen > now and rate >= 0 then initial = -gain(seen - now, rate) end
     elseif not coldFull then
       local cold = gain(uptime * 1000, rate)
       if cold < initial then initial = cold end
@@ -167,7 +175,7 @@ end
 
 /**
  * Reserves for several waiters of one process at once, in their order, each going into
- * debt if need be (Go's reserveN, applied in turn). ARGV from [8]: check ('1': refuse a
+ * debt if need be (Go's reserveN, applied in turn). ARGV from [9]: check ('1': refuse a
  * configuration that differs from the stored one) · debt (tokens taken first: granted
  * locally while Redis was away, or a cost settled after the fact; negative gives back, up
  * to the burst) · maxWait of the first waiter (-1 = none) · horizon (the most a later
@@ -181,17 +189,17 @@ end
  *   {'confirmed', now, inc, aliveUntil}, or {'conflict', rate, burst}.
  */
 export const RESERVE = `${BUCKET}
-if ARGV[8] == '1' then
+if ARGV[9] == '1' then
   local c = conflict()
   if c then return c end
 end
 establish()
-if ARGV[12] ~= '' and ARGV[12] == inc then
+if ARGV[13] ~= '' and ARGV[13] == inc then
   return {'confirmed', f(now), inc, f(now + redis.call('PTTL', key))}
 end
 tokens = advance()
 last = now
-local debt = tonumber(ARGV[9])
+local debt = tonumber(ARGV[10])
 -- Nothing is written unless something is taken: a refused reservation changes nothing
 -- (not even the last update, when the clock went back).
 local changed = debt ~= 0
@@ -199,28 +207,28 @@ if changed then
   tokens = tokens - debt
   if tokens > burst then tokens = burst end
 end
-local maxWait = tonumber(ARGV[10])
-local horizon = tonumber(ARGV[11])
+local maxWait = tonumber(ARGV[11])
+local horizon = tonumber(ARGV[12])
 local pausedFor = 0
 if paused > now then pausedFor = paused - now end
 local out = {'ok', f(now), f(rate), inc, '', f(burst), f(ou), '0'}
 local longest = 0
-for j = 13, #ARGV do
+for j = 14, #ARGV do
   local n = tonumber(ARGV[j])
   local limit = maxWait
-  if j > 13 then limit = horizon end
+  if j > 14 then limit = horizon end
   local wait = pausedFor
   local left = tokens
   if rate >= 0 then
     left = tokens - n
     if left < -1e-9 then wait = math.max(wait, waitFor(-left)) end
     if n > burst then
-      if j == 13 then out[8] = '-1' end
+      if j == 14 then out[8] = '-1' end
       break
     end
   end
   if limit >= 0 and wait > limit then
-    if j == 13 then out[8] = f(wait) end
+    if j == 14 then out[8] = f(wait) end
     break
   end
   tokens = left
@@ -238,14 +246,14 @@ return out
 `
 
 /**
- * Go's CancelAt. ARGV from [8]: the reservation's incarnation · n · timeToAct · rateThen.
+ * Go's CancelAt. ARGV from [9]: the reservation's incarnation · n · timeToAct · rateThen.
  * Nothing comes back to a state that is not the one reserved from. → restored tokens
  */
 export const CANCEL = `${BUCKET}
-local timeToAct = tonumber(ARGV[10])
-local rateThen = tonumber(ARGV[11])
-local n = tonumber(ARGV[9])
-if not exists or inc ~= ARGV[8] then return '0' end
+local timeToAct = tonumber(ARGV[11])
+local rateThen = tonumber(ARGV[12])
+local n = tonumber(ARGV[10])
+if not exists or inc ~= ARGV[9] then return '0' end
 -- A rejected reservation (time to act 'inf') took nothing: nothing to give back.
 if timeToAct == nil or timeToAct ~= timeToAct or timeToAct == math.huge then return '0' end
 if rate < 0 or rateThen < 0 or n == 0 or timeToAct < now then return '0' end
@@ -272,21 +280,21 @@ return f(restore)
 /**
  * A temporary override of the rate and/or the burst, for everyone, until now + forMs
  * (settled under the old settings first). The configured values come back by themselves
- * when it ends. ARGV from [8]: rate|'' · burst|'' · forMs (0 = end the override now).
+ * when it ends. ARGV from [9]: rate|'' · burst|'' · forMs (0 = end the override now).
  * → {tokens, now}
  */
 export const CONFIGURE = `${BUCKET}
 establish()
 tokens = advance()
 last = now
-local forMs = tonumber(ARGV[10])
+local forMs = tonumber(ARGV[11])
 if forMs <= 0 then
   orate = nil
   oburst = nil
   redis.call('HDEL', key, 'or', 'ob', 'ou')
 else
-  if ARGV[8] ~= '' then orate = tonumber(ARGV[8]) end
-  if ARGV[9] ~= '' then oburst = tonumber(ARGV[9]) end
+  if ARGV[9] ~= '' then orate = tonumber(ARGV[9]) end
+  if ARGV[10] ~= '' then oburst = tonumber(ARGV[10]) end
   ou = now + forMs
   redis.call('HSET', key, 'ou', f(ou))
   if orate then redis.call('HSET', key, 'or', f(orate)) else redis.call('HDEL', key, 'or') end
@@ -300,10 +308,10 @@ keep(0)
 return {f(tokens), f(now)}
 `
 
-/** No grant before now + ms (pauses only extend). ARGV from [8]: ms. → paused until */
+/** No grant before now + ms (pauses only extend). ARGV from [9]: ms. → paused until */
 export const PAUSE = `${BUCKET}
 establish()
-local untilAt = now + tonumber(ARGV[8])
+local untilAt = now + tonumber(ARGV[9])
 if untilAt > paused then
   paused = untilAt
   redis.call('HSET', key, 'p', f(paused))

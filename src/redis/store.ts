@@ -53,6 +53,11 @@ export interface Known {
   inc: string
   /** Until when (Redis ms) the state was to live, as of the last answer. */
   aliveUntil: number
+  /**
+   * The latest time to act reserved in an answer (Redis ms, 0 = none): a state lost
+   * before then still had reservations (anyone's) to honour until then.
+   */
+  lastEvent: number
 }
 
 /** How a store treats a key missing on a young Redis (see scripts.ts, `establish`). */
@@ -130,7 +135,7 @@ export class BucketStore {
   readonly #cold: string
   readonly #uptime: string
   /** What this client has seen of the state (see {@link Known}). */
-  readonly known: Known = { inc: '', aliveUntil: 0 }
+  readonly known: Known = { inc: '', aliveUntil: 0, lastEvent: 0 }
   /** Set when the connection broke: the next call checks the state against Redis now. */
   forceCheck = false
 
@@ -154,6 +159,7 @@ export class BucketStore {
       String(this.known.aliveUntil),
       this.#uptime,
       this.forceCheck ? `${this.#cold}!` : this.#cold,
+      String(this.known.lastEvent),
     ]
   }
 
@@ -195,7 +201,9 @@ export class BucketStore {
     const decided = Number(reply[1])
     for (let j = 8; j < reply.length; j++) {
       const wait = Number(reply[j])
-      granted.push({ wait, timeToAct: String(decided + wait) })
+      const timeToAct = decided + wait
+      granted.push({ wait, timeToAct: String(timeToAct) })
+      if (timeToAct > this.known.lastEvent) this.known.lastEvent = timeToAct
     }
     const answer = {
       kind: 'ok',
@@ -304,7 +312,7 @@ export class SemaphoreStore {
   readonly #redis: Scripted
   readonly #cold: string
   readonly #uptime: string
-  readonly known: Known = { inc: '', aliveUntil: 0 }
+  readonly known: Known = { inc: '', aliveUntil: 0, lastEvent: 0 }
   /** Set when the connection broke: the next acquire checks the state against Redis now. */
   forceCheck = false
   readonly meta: string
