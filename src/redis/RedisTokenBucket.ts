@@ -141,10 +141,13 @@ export class RedisTokenBucket implements Limiter {
   readonly #unwatch: () => void
   #roundTrips = 0
 
+  readonly #options: RedisTokenBucketOptions
+
   constructor(options: RedisTokenBucketOptions) {
     if (typeof options !== 'object' || options === null) {
       throw invalidOption(TypeError, 'options', 'an object { redis, key, rate, burst }', options)
     }
+    this.#options = options
     const key = checkKey(options.key)
     this.#key = key
     this.#rate = checkRate('rate', options.rate, false)
@@ -280,6 +283,29 @@ export class RedisTokenBucket implements Limiter {
     const { rate, burst } = this.#configured
     this.#background(this.#store.reserveBatch(rate, burst, { ns: [], debt: delta }), 'adjust')
     if (delta < 0) this.#replan()
+  }
+
+  /**
+   * A bucket of the same kind for a related quota — one the server declared in its headers
+   * (`FanOutClient` learns them) — at `{key:name}:bucket`, on the same connection and with the
+   * same policies, so that every process that learns it shares it. Its first maker's rate
+   * and burst are stored with it; a later change is made with `setRate`/`setBurst`, so a
+   * quota that changed is never a configuration conflict. Closing it leaves the connection.
+   */
+  derive(name: string, config: { rate: number; burst: number }): RedisTokenBucket {
+    if (typeof name !== 'string' || name.length === 0) {
+      throw invalidOption(TypeError, 'name', 'a non-empty string', name)
+    }
+    const safe = name.replace(/[{}]/g, '_')
+    const derived = new RedisTokenBucket({
+      ...this.#options,
+      redis: this.#client,
+      key: `${this.#key}:${safe}`,
+      rate: config.rate,
+      burst: config.burst,
+    })
+    derived.#verified = true
+    return derived
   }
 
   /** Errors the waiters, gives back what they reserved, and quits an owned client. */

@@ -58,6 +58,26 @@ describe.skipIf(!redisUp)('RedisTokenBucket.tryTakeAsync and adjust', () => {
     expect((await b.peek()).tokens).toBe(2)
   })
 
+  it('derive: one sibling per name for every process on the key, never a configuration conflict', async () => {
+    // Two processes on one key (same configuration) learn the same route quota, with other
+    // numbers (the server changed it in between): the first maker's are stored and shared.
+    const key = `${prefix}:derive`
+    const processA = new RedisTokenBucket({ redis, key, rate: 100, burst: 10, coldStart: 'full' })
+    const processB = new RedisTokenBucket({ redis, key, rate: 100, burst: 10, coldStart: 'full' })
+    const learnedA = processA.derive('http://api.example core', { rate: 5, burst: 5 })
+    const learnedB = processB.derive('http://api.example core', { rate: 50, burst: 50 })
+    buckets.push(processA, processB, learnedA, learnedB)
+    expect(await learnedA.tryTakeAsync(5)).toBe(0)
+    // Shared: B's sibling is the same bucket, now empty (with its own burst of 50 it would
+    // grant at once), and it was not refused for its other numbers.
+    const wait = await learnedB.tryTakeAsync(1)
+    expect(wait).toBeGreaterThan(100)
+    expect((await learnedB.peek()).configured).toEqual({ rate: 5, burst: 5 })
+    // Closing a sibling leaves the shared connection open.
+    await learnedA.close()
+    expect(await redis.ping()).toBe('PONG')
+  })
+
   it('adjust(+5) takes five more now (into debt); adjust(−3) gives three back, never over the burst', async () => {
     const b = bucket(0.001, 4)
     b.adjust(5)
