@@ -1,6 +1,6 @@
 /**
  * Runs the benchmarks: compiles the library (tsconfig.build.json) into
- * node_modules/.cache/rx-fanout-bench,
+ * node_modules/.cache/rx-fanout-bench-<hash of the checkout>,
  * bundles `bench/child.ts`, then runs every case of
  * every selected benchmark in a fresh Node process, round after round with the order
  * rotated each round, and prints one Markdown table per benchmark (medians over rounds,
@@ -18,6 +18,7 @@
  * Raw per-round metrics go to bench/out/last-run.json, the tables to bench/out/last-run.md.
  */
 import { execFileSync, spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { dirname, join, relative, resolve } from 'node:path'
@@ -32,7 +33,14 @@ const root = resolve(benchDir, '..')
 const outDir = join(benchDir, 'out')
 const childPath = join(outDir, 'child.mjs')
 // Outside bench/ so that the project's typecheck (which includes bench/) never sees the copy.
-const libDir = join(root, 'node_modules', '.cache', 'rx-fanout-bench')
+// One per checkout: git worktrees that share one node_modules must not build into (and run)
+// each other's copy halfway through a run.
+const libDir = join(
+  root,
+  'node_modules',
+  '.cache',
+  `rx-fanout-bench-${createHash('sha256').update(root).digest('hex').slice(0, 8)}`,
+)
 
 interface Cli {
   names: string[]

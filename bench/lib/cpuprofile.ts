@@ -49,7 +49,7 @@ export function summarize(file: string, top = 15): string {
 /** Where a frame's code lives: `undici/lib/…`, our `dist/…` file, `node:…`, or a V8 bucket. */
 function home(url: string, functionName: string): string {
   if (!url) return `(${functionName.replace(/[()]/g, '') || 'native'})`
-  const dist = /rx-fanout-bench\/(dist\/.*)$/.exec(url)
+  const dist = /rx-fanout-bench(?:-[0-9a-f]+)?\/(dist\/.*)$/.exec(url)
   if (dist) return dist[1] as string
   const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(url)
   if (pkg) return `${pkg[1]}/${pkg[2]}`
