@@ -2,7 +2,7 @@
  * The child-process entry: runs one case of one benchmark and writes its metrics, with the
  * process's peak RSS, as JSON to the file the parent named. `run.ts` bundles this file to
  * `bench/out/child.mjs` (the library imported from its private build in
- * `node_modules/.cache/rx-fanout-bench/dist/`) and spawns it once
+ * `node_modules/.cache/rx-fanout-bench-<hash>/dist/`) and spawns it once
  * per case and round, so no case inherits another's heap, JIT state or timers.
  *
  * Usage: node bench/out/child.mjs <benchmark> <case> <params-json> <out-file>

@@ -1,6 +1,6 @@
 /**
  * Runs the benchmarks: compiles the library (tsconfig.build.json) into
- * node_modules/.cache/rx-fanout-bench,
+ * node_modules/.cache/rx-fanout-bench-<hash of the checkout>,
  * bundles `bench/child.ts`, then runs every case of
  * every selected benchmark in a fresh Node process, round after round with the order
  * rotated each round, and prints one Markdown table per benchmark (medians over rounds,
@@ -13,12 +13,24 @@
  *   npm run bench -- pool --only ratePool      only rows whose id contains "ratePool"
  *   npm run bench -- pool --cpu-prof   children write .cpuprofile files to bench/out/prof/
  *   npm run bench -- --head            benchmark the committed src/ (HEAD), not the work tree
+ *   npm run bench -- redis --baseline /work/wt-old   also run "(before)" rows on another
+ *                                      src/: a checkout's folder, or a commit (e.g. 1885de9),
+ *                                      compiled the same way into a folder of its own
  *   npm run bench -- --report bench/out/last-run.json   re-render saved results, run nothing
  *
  * Raw per-round metrics go to bench/out/last-run.json, the tables to bench/out/last-run.md.
  */
 import { execFileSync, spawn } from 'node:child_process'
-import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { cpus } from 'node:os'
 import { dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -31,8 +43,18 @@ const benchDir = dirname(fileURLToPath(import.meta.url))
 const root = resolve(benchDir, '..')
 const outDir = join(benchDir, 'out')
 const childPath = join(outDir, 'child.mjs')
+const faultsPath = join(outDir, 'faults.mjs')
 // Outside bench/ so that the project's typecheck (which includes bench/) never sees the copy.
-const libDir = join(root, 'node_modules', '.cache', 'rx-fanout-bench')
+// One per checkout: git worktrees that share one node_modules must not build into (and run)
+// each other's copy halfway through a run.
+const libDir = join(
+  root,
+  'node_modules',
+  '.cache',
+  `rx-fanout-bench-${createHash('sha256').update(root).digest('hex').slice(0, 8)}`,
+)
+// --baseline's build, beside it.
+const baselineDir = `${libDir}-baseline`
 
 interface Cli {
   names: string[]
@@ -40,6 +62,8 @@ interface Cli {
   only: string | null
   cpuProf: boolean
   head: boolean
+  /** --baseline: a folder with a src/ (a checkout), or a commit of this repository. */
+  baseline: string | null
   report: string | null
 }
 
@@ -50,6 +74,7 @@ function parseArgs(argv: string[]): Cli {
     only: null,
     cpuProf: false,
     head: false,
+    baseline: null,
     report: null,
   }
   for (let i = 0; i < argv.length; i++) {
@@ -58,7 +83,10 @@ function parseArgs(argv: string[]): Cli {
     else if (arg === '--cpu-prof') cli.cpuProf = true
     else if (arg === '--head') cli.head = true
     else if (arg === '--report') cli.report = argv[++i] ?? null
-    else if (arg === '--rounds') cli.options.rounds = Number(argv[++i])
+    else if (arg === '--baseline') {
+      cli.baseline = argv[++i] ?? null
+      if (cli.baseline === null) throw new Error('--baseline wants a folder or a commit')
+    } else if (arg === '--rounds') cli.options.rounds = Number(argv[++i])
     else if (arg === '--only') cli.only = argv[++i] ?? null
     else if (arg.startsWith('-')) throw new Error(`unknown flag ${arg}`)
     else cli.names.push(arg)
@@ -82,21 +110,30 @@ function sh(cmd: string, args: string[]): string {
   }
 }
 
+/** Where a build's src/ comes from. */
+type Source =
+  | { kind: 'worktree' }
+  | { kind: 'head' }
+  | { kind: 'dir'; dir: string }
+  | { kind: 'commit'; commit: string }
+
 /**
  * Compiles the library with the project's own tsconfig.build.json into a private folder,
- * from a copy of src/ (the working tree, or HEAD with --head): other work in progress, or
- * someone else's `npm run build`, cannot change the code under a run halfway through.
+ * from a copy of src/ (the working tree, HEAD with --head, or the baseline's): other work
+ * in progress, or someone else's `npm run build`, cannot change the code under a run
+ * halfway through.
  */
-function buildLibrary(head: boolean): void {
-  const snap = libDir
+function buildLibrary(snap: string, source: Source): void {
   rmSync(snap, { recursive: true, force: true })
   mkdirSync(snap, { recursive: true })
-  if (head) {
-    execFileSync('bash', ['-c', `git archive --format=tar HEAD src | tar -x -C '${snap}'`], {
+  if (source.kind === 'head' || source.kind === 'commit') {
+    const rev = source.kind === 'head' ? 'HEAD' : source.commit
+    execFileSync('bash', ['-c', `git archive --format=tar '${rev}' src | tar -x -C '${snap}'`], {
       cwd: root,
     })
   } else {
-    cpSync(join(root, 'src'), join(snap, 'src'), { recursive: true })
+    const from = source.kind === 'dir' ? source.dir : root
+    cpSync(join(from, 'src'), join(snap, 'src'), { recursive: true })
   }
   writeFileSync(
     join(snap, 'tsconfig.json'),
@@ -123,9 +160,46 @@ function buildLibrary(head: boolean): void {
   }
 }
 
-async function prepare(head: boolean): Promise<void> {
+/** --baseline's argument as a source of src/, and how the reports name it. */
+function baselineSource(arg: string): { source: Source; label: string } {
+  const dir = resolve(arg)
+  if (existsSync(join(dir, 'src'))) {
+    const git = (args: string[]) => {
+      try {
+        return execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8' }).trim()
+      } catch {
+        return '?'
+      }
+    }
+    const dirty = git(['status', '--porcelain', '--', 'src']).split('\n').filter(Boolean)
+    const commit = git(['rev-parse', '--short', 'HEAD'])
+    return {
+      source: { kind: 'dir', dir },
+      label:
+        `src/ of ${dir} (commit ${commit}` +
+        `${dirty.length ? ` + ${dirty.length} uncommitted change(s)` : ''})`,
+    }
+  }
+  const commit = sh('git', ['rev-parse', '--verify', '--short', `${arg}^{commit}`])
+  if (commit === '?') throw new Error(`--baseline ${arg}: neither a folder with src/ nor a commit`)
+  return { source: { kind: 'commit', commit }, label: `src/ of commit ${commit}` }
+}
+
+async function prepare(head: boolean, baseline: Source | null): Promise<void> {
   mkdirSync(outDir, { recursive: true })
-  buildLibrary(head)
+  buildLibrary(libDir, head ? { kind: 'head' } : { kind: 'worktree' })
+  if (baseline !== null) buildLibrary(baselineDir, baseline)
+  // The fault harness apart (see lib/faults.ts): it imports ioredis at its top.
+  await build({
+    entryPoints: [join(benchDir, 'lib', 'faults.ts')],
+    outfile: faultsPath,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    packages: 'external',
+    logLevel: 'warning',
+  })
   await build({
     entryPoints: [join(benchDir, 'child.ts')],
     outfile: childPath,
@@ -144,6 +218,11 @@ async function prepare(head: boolean): Promise<void> {
             path: relative(outDir, join(libDir, 'dist', args.path.replace(/^.*\/src\//, ''))),
             external: true,
           }))
+          b.onResolve({ filter: /\/faults\.js$/ }, (args) =>
+            resolve(args.resolveDir, args.path) === join(benchDir, 'lib', 'faults.js')
+              ? { path: `./${relative(outDir, faultsPath)}`, external: true }
+              : undefined,
+          )
         },
       },
     ],
@@ -245,7 +324,11 @@ async function main(): Promise<void> {
     ? benchmarks.filter((b) => cli.names.includes(b.name))
     : benchmarks
   const startedAt = Date.now()
-  await prepare(cli.head)
+  const baseline = cli.baseline === null ? null : baselineSource(cli.baseline)
+  await prepare(cli.head, baseline?.source ?? null)
+  if (baseline !== null) {
+    cli.options.baseline = { dist: join(baselineDir, 'dist'), label: baseline.label }
+  }
   if (cli.cpuProf) rmSync(join(outDir, 'prof'), { recursive: true, force: true })
 
   const head = sh('git', ['rev-parse', '--short', 'HEAD'])
@@ -257,6 +340,7 @@ async function main(): Promise<void> {
     cli.head
       ? `src/ of commit ${head} (--head)`
       : `commit ${head}${dirty.length ? ` + ${dirty.length} uncommitted change(s) in src/` : ''}`,
+    ...(baseline ? [`baseline: ${baseline.label}`] : []),
     `args: ${process.argv.slice(2).join(' ') || '(none)'}`,
   ].join(' · ')
   console.log(`\n${machine}\n`)

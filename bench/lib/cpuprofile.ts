@@ -49,8 +49,8 @@ export function summarize(file: string, top = 15): string {
 /** Where a frame's code lives: `undici/lib/…`, our `dist/…` file, `node:…`, or a V8 bucket. */
 function home(url: string, functionName: string): string {
   if (!url) return `(${functionName.replace(/[()]/g, '') || 'native'})`
-  const dist = /rx-fanout-bench\/(dist\/.*)$/.exec(url)
-  if (dist) return dist[1] as string
+  const dist = /rx-fanout-bench(?:-[0-9a-f]+)?(-baseline)?\/(dist\/.*)$/.exec(url)
+  if (dist) return `${dist[1] ? 'baseline ' : ''}${dist[2]}`
   const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(url)
   if (pkg) return `${pkg[1]}/${pkg[2]}`
   return url.replace(/^file:\/\/.*\/bench\/out\//, 'bench/out/')

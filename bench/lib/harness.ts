@@ -14,6 +14,19 @@ export interface RunOptions {
   quick: boolean
   /** Overrides every spec's round count. */
   rounds: number | null
+  /**
+   * `--baseline`: another version of src/, compiled like the one measured, that the
+   * benchmarks which support it (redis) run side by side with it in the same rounds.
+   * Absent or null: no baseline rows.
+   */
+  baseline?: Baseline | null
+}
+
+export interface Baseline {
+  /** The compiled library's dist folder (absolute): `redis/index.js` is under it. */
+  dist: string
+  /** What was compiled, for the reports: e.g. "src/ of /work/wt-old (commit 1885de9)". */
+  label: string
 }
 
 export interface Spec {
@@ -58,6 +71,34 @@ export function quantileSorted(sorted: ArrayLike<number>, q: number): number {
 export function med(rounds: Metrics[] | undefined, key: string): number {
   if (!rounds) return Number.NaN
   return median(rounds.map((m) => m[key]).filter((v): v is number => typeof v === 'number'))
+}
+
+/** Every round's value of one metric, in the order the rounds ran: "12,741 · 11,976 · —". */
+export function each(rounds: Metrics[] | undefined, key: string, digits = 0): string {
+  return (rounds ?? [])
+    .map((m) => {
+      const v = m[key]
+      return typeof v === 'number' ? fmt(v, digits) : '—'
+    })
+    .join(' · ')
+}
+
+/**
+ * The smallest capacity b such that every window [t_i, t_j] of the merged grant times
+ * (sorted, ms) holds at most b + rate·(t_j − t_i) grants: max over i ≤ j of
+ * (j − i + 1) − rate·(t_j − t_i). A token bucket of that rate and burst b could have made
+ * those grants; one of burst `burst` could not if the result is above it.
+ */
+export function requiredCapacity(times: ArrayLike<number>, rate: number): number {
+  let best = 0
+  let minF = Number.POSITIVE_INFINITY
+  const t0 = times[0] ?? 0
+  for (let j = 0; j < times.length; j++) {
+    const f = j - (rate * ((times[j] as number) - t0)) / 1000
+    if (f < minF) minF = f
+    if (f - minF + 1 > best) best = f - minF + 1
+  }
+  return best
 }
 
 /** min–max over rounds, for showing the spread next to a median. */
