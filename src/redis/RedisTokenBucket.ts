@@ -62,6 +62,8 @@ interface Held {
   inc: string
   /** The connection generation it was reserved in: a break since means confirm first. */
   generation: number
+  /** The charged count right after it (`adjust`'s mark), when Redis said. */
+  mark?: number
 }
 
 interface Waiter {
@@ -140,6 +142,7 @@ export class RedisTokenBucket implements Limiter {
   #closed = false
   readonly #unwatch: () => void
   #roundTrips = 0
+  #lastMark: number | undefined = undefined
 
   readonly #options: RedisTokenBucketOptions
 
@@ -267,7 +270,10 @@ export class RedisTokenBucket implements Limiter {
     }
     this.#verified = true
     if (answer.kind !== 'ok') return 0
-    return answer.granted.length > 0 ? 0 : answer.needed
+    const granted = answer.granted[0]
+    if (granted === undefined) return answer.needed
+    this.#lastMark = granted.mark
+    return 0
   }
 
   /**
@@ -275,14 +281,24 @@ export class RedisTokenBucket implements Limiter {
    * more tokens now (debt: later grants wait for it), a negative one gives them back (up to
    * the burst). This process's waiters are re-planned.
    */
-  adjust(delta: number): void {
+  adjust(delta: number, mark?: unknown): void {
     if (typeof delta !== 'number' || !Number.isFinite(delta)) {
       throw invalidOption(RangeError, 'delta', 'a finite number', delta)
     }
     if (delta === 0 || this.#closed) return
     const { rate, burst } = this.#configured
-    this.#background(this.#store.reserveBatch(rate, burst, { ns: [], debt: delta }), 'adjust')
+    // A give-back names its grant: Redis gives back only what the envelope allows since.
+    const given = delta < 0 && typeof mark === 'number' ? { mark } : {}
+    this.#background(
+      this.#store.reserveBatch(rate, burst, { ns: [], debt: delta, ...given }),
+      'adjust',
+    )
     if (delta < 0) this.#replan()
+  }
+
+  /** The mark of the grant this process delivered last (see `adjust`). */
+  grantMark(): number | undefined {
+    return this.#lastMark
   }
 
   /**
@@ -449,6 +465,8 @@ export class RedisTokenBucket implements Limiter {
         if (held.generation !== this.#generation) break
       } else if (waiter.state !== READY) break
       this.#waiters.remove(node)
+      // Locally granted (fallback) tokens have no mark: nothing of them is given back.
+      this.#lastMark = waiter.state === HELD ? waiter.held?.mark : undefined
       waiter.subscriber.next()
       waiter.subscriber.complete()
     }
@@ -668,6 +686,7 @@ export class RedisTokenBucket implements Limiter {
         rateThen: answer.rateThen,
         inc: answer.inc,
         generation: batch.generation,
+        mark: granted.mark,
       }
     })
     this.#giveBack(answer, giveBack)

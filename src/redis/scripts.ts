@@ -59,7 +59,9 @@ end
 const BUCKET = `
 local key = KEYS[1]
 ${NOW}${SERVER}
-local s = redis.call('HMGET', key, 't', 'l', 'e', 'p', 'cr', 'cb', 'or', 'ob', 'ou', 'i', 'g', 'gv')
+local s = redis.call('HMGET', key, 't', 'l', 'e', 'p', 'cr', 'cb', 'or', 'ob', 'ou', 'i', 'g', 'gv', 'k')
+-- Every token ever charged here: how a late give-back is bounded (see RESERVE's debt).
+local charged = tonumber(s[13]) or 0
 local exists = s[1] ~= false
 local crate = tonumber(s[5]) or tonumber(ARGV[2])
 local cburst = tonumber(s[6]) or tonumber(ARGV[3])
@@ -183,7 +185,8 @@ end
  * confirm (an incarnation: if the state is still that one, answer 'confirmed' and reserve
  * nothing) · then n of each waiter.
  *
- * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, needed, wait1, wait2, …}
+ * → {'ok', now, rateThen, inc, aliveUntil, burst, overrideEnds, needed, charged before the
+ *   waiters, wait1, wait2, …}
  *   (fewer waits than waiters when the rest were not reserved; none when the first was
  *   not ok, and then `needed` is the wait it would have needed, -1 if never), or
  *   {'confirmed', now, inc, aliveUntil}, or {'conflict', rate, burst}.
@@ -199,19 +202,31 @@ if ARGV[13] ~= '' and ARGV[13] == inc then
 end
 tokens = advance()
 last = now
-local debt = tonumber(ARGV[10])
+-- debt, or 'debt:mark' for a give-back (a negative debt) of a grant marked 'mark' (the
+-- charged count right after it): at most the headroom the bucket had since — its level
+-- since was at most the level now plus what was charged since. Without a mark, nothing.
+local debtText, markText = string.match(ARGV[10], '^([^:]*):?(.*)$')
+local debt = tonumber(debtText) or 0
+if debt < 0 then
+  local mark = tonumber(markText)
+  local room = 0
+  if mark then room = burst - math.min(burst, tokens + math.max(0, charged - mark)) end
+  debt = -math.min(-debt, math.max(0, room))
+end
 -- Nothing is written unless something is taken: a refused reservation changes nothing
 -- (not even the last update, when the clock went back).
 local changed = debt ~= 0
 if changed then
   tokens = tokens - debt
   if tokens > burst then tokens = burst end
+  if debt > 0 then charged = charged + debt end
 end
+local chargedBefore = charged
 local maxWait = tonumber(ARGV[11])
 local horizon = tonumber(ARGV[12])
 local pausedFor = 0
 if paused > now then pausedFor = paused - now end
-local out = {'ok', f(now), f(rate), inc, '', f(burst), f(ou), '0'}
+local out = {'ok', f(now), f(rate), inc, '', f(burst), f(ou), '0', f(chargedBefore)}
 local longest = 0
 for j = 14, #ARGV do
   local n = tonumber(ARGV[j])
@@ -234,13 +249,16 @@ for j = 14, #ARGV do
   tokens = left
   if rate >= 0 then
     lastEvent = now + wait
+    charged = charged + n
     changed = true
   end
   -- Only the wait: the client adds it to now (both exact in %.17g) for the time to act.
   if wait == 0 then out[#out + 1] = '0' else out[#out + 1] = f(wait) end
   if wait > longest then longest = wait end
 end
-if changed then redis.call('HSET', key, 't', f(tokens), 'l', f(now), 'e', f(lastEvent)) end
+if changed then
+  redis.call('HSET', key, 't', f(tokens), 'l', f(now), 'e', f(lastEvent), 'k', f(charged))
+end
 out[5] = f(keep(longest))
 return out
 `

@@ -74,6 +74,8 @@ export interface Granted {
   wait: number
   /** When the holder may act, on Redis's clock, as Redis wrote it (cancel compares it). */
   timeToAct: string
+  /** The charged count right after this grant: a later give-back's bound (see RESERVE). */
+  mark: number
 }
 
 export type BatchAnswer =
@@ -100,8 +102,10 @@ export interface BatchRequest {
   ns: readonly number[]
   /** Refuse if the stored configuration differs from this one. */
   check?: boolean
-  /** Tokens granted locally, charged first. */
+  /** Tokens granted locally, charged first; negative gives back (bounded by `mark`). */
   debt?: number
+  /** The grant a give-back corrects (its `Granted.mark`). */
+  mark?: number
   /** The first waiter's limit on its wait (default none). */
   maxWaitMs?: number
   /** Later waiters are reserved only while their wait is within this. Default 0. */
@@ -175,7 +179,7 @@ export class BucketStore {
     const reply = await this.#redis.rxfReserve(
       ...this.#head(rate, burst, request.now),
       request.check ? '1' : '0',
-      String(request.debt ?? 0),
+      request.mark === undefined ? String(request.debt ?? 0) : `${request.debt ?? 0}:${request.mark}`,
       maxWaitMs === Number.POSITIVE_INFINITY ? '-1' : String(maxWaitMs),
       String(request.horizonMs ?? 0),
       request.confirm ?? '',
@@ -199,10 +203,12 @@ export class BucketStore {
     // A time to act is now + wait, the same double Redis computed (both travel exactly):
     // cancel compares it with the stored last event.
     const decided = Number(reply[1])
-    for (let j = 8; j < reply.length; j++) {
+    let mark = Number(reply[8])
+    for (let j = 9; j < reply.length; j++) {
       const wait = Number(reply[j])
       const timeToAct = decided + wait
-      granted.push({ wait, timeToAct: String(timeToAct) })
+      mark += request.ns[j - 9] ?? 0
+      granted.push({ wait, timeToAct: String(timeToAct), mark })
       if (timeToAct > this.known.lastEvent) this.known.lastEvent = timeToAct
     }
     const answer = {

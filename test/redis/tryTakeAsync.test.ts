@@ -78,25 +78,46 @@ describe.skipIf(!redisUp)('RedisTokenBucket.tryTakeAsync and adjust', () => {
     expect(await redis.ping()).toBe('PONG')
   })
 
-  it('adjust(+5) takes five more now (into debt); adjust(−3) gives three back, never over the burst', async () => {
+  it('adjust: debt at once; a give-back bounded by the headroom since its grant, nothing without a mark', async () => {
     const b = bucket(0.001, 4)
+    expect(await b.tryTakeAsync(4)).toBe(0)
+    const mark = b.grantMark()
+    expect(mark).toBeTypeOf('number')
+    // Settled at 1 of 4 at once: 3 come back.
+    b.adjust(-3, mark)
+    const back = await until('three back', async () => {
+      const peek = await b.peek()
+      return peek.tokens > 2.5 && peek
+    })
+    expect(back.tokens).toBeCloseTo(3, 3)
+    // Asked again for 10: only the headroom under the burst since the grant (1).
+    b.adjust(-10, mark)
+    const capped = await until('capped at the burst', async () => {
+      const peek = await b.peek()
+      return peek.tokens > 3.5 && peek
+    })
+    expect(capped.tokens).toBeCloseTo(4, 3)
+    // Debt at once.
     b.adjust(5)
     const debt = await until('the debt lands', async () => {
       const peek = await b.peek()
       return peek.tokens < 0 && peek
     })
     expect(debt.tokens).toBeCloseTo(-1, 3)
+    // Without a mark nothing comes back (a late give-back could break the envelope).
     b.adjust(-3)
-    const back = await until('the tokens come back', async () => {
-      const peek = await b.peek()
-      return peek.tokens > 1 && peek
-    })
-    expect(back.tokens).toBeCloseTo(2, 3)
-    b.adjust(-10)
-    const capped = await until('capped at the burst', async () => {
-      const peek = await b.peek()
-      return peek.tokens > 3 && peek
-    })
-    expect(capped.tokens).toBe(4)
+    await b.peek() // the adjust went out first, on the same connection
+    expect((await b.peek()).tokens).toBeCloseTo(-1, 3)
+  })
+
+  it('a late give-back: what was charged since the grant counts against it', async () => {
+    const b = bucket(0.001, 2)
+    expect(await b.tryTakeAsync(1)).toBe(0)
+    const mark = b.grantMark()
+    expect(await b.tryTakeAsync(1)).toBe(0) // another grant since: the bucket was full before it
+    b.adjust(-1, mark)
+    await b.peek()
+    // Level since the mark: up to 0 + 1 charged since = 1, so headroom 1: one comes back.
+    expect((await b.peek()).tokens).toBeCloseTo(1, 3)
   })
 })
