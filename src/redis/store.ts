@@ -179,7 +179,9 @@ export class BucketStore {
     const reply = await this.#redis.rxfReserve(
       ...this.#head(rate, burst, request.now),
       request.check ? '1' : '0',
-      request.mark === undefined ? String(request.debt ?? 0) : `${request.debt ?? 0}:${request.mark}`,
+      request.mark === undefined
+        ? String(request.debt ?? 0)
+        : `${request.debt ?? 0}:${request.mark}`,
       maxWaitMs === Number.POSITIVE_INFINITY ? '-1' : String(maxWaitMs),
       String(request.horizonMs ?? 0),
       request.confirm ?? '',
